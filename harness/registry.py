@@ -1,0 +1,328 @@
+"""The implementation contract and the registry of implementations.
+
+An implementation is one small object (benchopt-style: one file each under
+``harness/implementations/``) that declares what it supports and computes the loss and its
+gradient for a :class:`~harness.problem.Problem`. The registry knows three sources:
+
+* built-ins, listed in :data:`BUILTINS` by module path so nothing heavy is imported until used;
+* entry points in the group ``xent_harness.implementations`` (each loaded in its own try/except:
+  a broken plugin is listed with its error and never crashes the harness);
+* ``--impl MODULE:ATTR`` or ``--impl path/to/file.py:ATTR`` specs (see :func:`load_spec`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from harness.formats import DTYPE_NAMES
+from harness.problem import Problem
+
+ENTRY_POINT_GROUP = "xent_harness.implementations"
+
+#: Every contract feature a problem can exercise (see ``Problem.features``).
+FEATURES: frozenset[str] = frozenset(
+    {
+        "weight",
+        "ignore_index",
+        "label_smoothing",
+        "probability_target",
+        "kdim",
+        "unbatched",
+        "reduction:mean",
+        "reduction:sum",
+        "reduction:none",
+    }
+)
+
+
+class ImplementationError(RuntimeError):
+    """An implementation could not be loaded or was asked for while unavailable."""
+
+
+class Implementation:
+    """Base class of an implementation. Subclasses set the class attributes and override
+    :meth:`loss`, :meth:`grad` and, for fair timing, :meth:`prepare`."""
+
+    name: str = ""
+    description: str = ""
+    dtypes: frozenset[str] = frozenset(DTYPE_NAMES)
+    devices: tuple[str, ...] = ("cpu",)
+    features: frozenset[str] = FEATURES
+    #: Python modules that must be importable (checked without importing them).
+    requires: tuple[str, ...] = ()
+    #: True for deliberately broken implementations kept to prove the harness catches them.
+    canary: bool = False
+    #: Where it came from: "builtin", "entry point NAME" or the --impl spec.
+    origin: str = "builtin"
+
+    @property
+    def device(self) -> str:
+        return self.devices[0]
+
+    @property
+    def has_grad(self) -> bool:
+        return type(self).grad is not Implementation.grad
+
+    def available(self) -> str | None:
+        """None when usable here, else a one-line reason (missing package, no device, ...)."""
+        for module in self.requires:
+            if importlib.util.find_spec(module) is None:
+                return f"python package {module!r} is not installed"
+        return None
+
+    def supports(self, problem: Problem) -> str | None:
+        """None when this implementation accepts the problem, else why not ("not supported")."""
+        if problem.dtype.name not in self.dtypes:
+            return f"dtype {problem.dtype.name} not supported"
+        missing = sorted(problem.features - self.features)
+        if missing:
+            return f"feature {', '.join(missing)} not supported"
+        return None
+
+    def loss(self, problem: Problem) -> np.ndarray:
+        """The loss as a NumPy array of the logits' dtype and shape ``problem.output_shape``."""
+        raise NotImplementedError
+
+    def grad(self, problem: Problem) -> np.ndarray:
+        """d loss / d logits (for 'none': of the sum of the per-sample losses), logits' shape."""
+        raise NotImplementedError(f"{self.name} provides no gradient")
+
+    def prepare(self, problem: Problem, *, backward: bool = False) -> Callable[[], object]:
+        """Move inputs to the device once and return a zero-argument callable that runs forward
+        (or forward+backward) and synchronizes the device before returning.
+
+        The default calls :meth:`loss` / :meth:`grad` on host arrays, which is exact for NumPy
+        implementations; device implementations override it so conversions stay untimed.
+        """
+        if backward:
+            return lambda: self.grad(problem)
+        return lambda: self.loss(problem)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "origin": self.origin,
+            "dtypes": [d for d in DTYPE_NAMES if d in self.dtypes],
+            "devices": list(self.devices),
+            "features": sorted(self.features),
+            "grad": self.has_grad,
+            "canary": self.canary,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Implementation {self.name} ({self.origin})>"
+
+
+class FunctionImplementation(Implementation):
+    """Adapts a plugin written against plain NumPy arrays: an object with
+    ``loss(logits, target, *, weight, ignore_index, reduction, label_smoothing)`` and optionally
+    ``grad(...)`` with the same arguments, or a bare loss function."""
+
+    def __init__(self, obj, name: str, origin: str):
+        self._obj = obj
+        self._loss = obj if (callable(obj) and not hasattr(obj, "loss")) else obj.loss
+        self._grad = getattr(obj, "grad", None)
+        self.name = str(getattr(obj, "name", name))
+        self.origin = origin
+        self.description = (inspect.getdoc(obj) or "").split("\n")[0]
+        if getattr(obj, "dtypes", None) is not None:
+            self.dtypes = frozenset(obj.dtypes)
+        if getattr(obj, "supports", None) is not None and not callable(obj.supports):
+            self.features = frozenset(obj.supports)
+        if getattr(obj, "devices", None) is not None:
+            self.devices = tuple(obj.devices)
+
+    @property
+    def has_grad(self) -> bool:
+        return self._grad is not None
+
+    def _call(self, fn, problem: Problem) -> np.ndarray:
+        return np.asarray(fn(problem.logits, problem.target, **problem.kwargs()))
+
+    def loss(self, problem: Problem) -> np.ndarray:
+        return self._call(self._loss, problem)
+
+    def grad(self, problem: Problem) -> np.ndarray:
+        if self._grad is None:
+            raise NotImplementedError(f"{self.name} provides no gradient")
+        return self._call(self._grad, problem)
+
+
+#: Built-in implementations: registry name -> "module:attr" (imported only when needed).
+BUILTINS: dict[str, str] = {
+    "numpy": "harness.implementations.numpy_stable:NumpyStable",
+    "numpy-naive": "harness.implementations.numpy_naive:NumpyNaive",
+    "torch": "harness.implementations.torch_impl:TorchCPU",
+    "torch-cuda": "harness.implementations.torch_impl:TorchCUDA",
+    "jax": "harness.implementations.jax_impl:JaxCPU",
+    "jax-gpu": "harness.implementations.jax_impl:JaxGPU",
+    "cupy": "harness.implementations.cupy_impl:CupyKernel",
+}
+
+
+@dataclass
+class Entry:
+    """One registry row: an implementation, or the error that prevented loading it."""
+
+    name: str
+    origin: str
+    impl: Implementation | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def unavailable(self) -> str | None:
+        if self.impl is None:
+            return self.error or "failed to load"
+        try:
+            return self.impl.available()
+        except Exception as exc:  # a plugin's available() must not crash the listing
+            return f"available() raised {type(exc).__name__}: {exc}"
+
+
+def _import_attr(module: str, attr: str):
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _load_file(path: Path):
+    key = f"xent_harness_plugin_{abs(hash(str(path.resolve())))}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise ImplementationError(f"--impl: cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def as_implementation(obj, name: str, origin: str) -> Implementation:
+    """Turn what a plugin exports into an Implementation (see FunctionImplementation)."""
+    if inspect.isclass(obj):
+        obj = obj()
+    if isinstance(obj, Implementation):
+        if not obj.name:
+            obj.name = name
+        obj.origin = origin
+        return obj
+    if callable(obj) or callable(getattr(obj, "loss", None)):
+        return FunctionImplementation(obj, name, origin)
+    raise ImplementationError(
+        f"{origin}: {type(obj).__name__} is not an implementation (needs a loss() method or to be callable)"
+    )
+
+
+def load_spec(spec: str) -> Implementation:
+    """Load ``MODULE:ATTR`` or ``path/to/file.py:ATTR``; raises ImplementationError."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ImplementationError(
+            f"--impl: {spec!r} is neither a registered name nor MODULE:ATTR or FILE.py:ATTR"
+        )
+    try:
+        if target.endswith(".py") or "/" in target or "\\" in target:
+            path = Path(target)
+            if not path.is_file():
+                raise ImplementationError(f"--impl: file {target!r} does not exist")
+            module = _load_file(path)
+            obj = module
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        else:
+            obj = _import_attr(target, attr)
+    except ImplementationError:
+        raise
+    except Exception as exc:
+        raise ImplementationError(f"--impl {spec}: {type(exc).__name__}: {exc}") from None
+    default = attr.split(".")[-1]
+    return as_implementation(obj, default, spec)
+
+
+def _builtin(name: str) -> Entry:
+    module, attr = BUILTINS[name].split(":")
+    try:
+        impl = as_implementation(_import_attr(module, attr), name, "builtin")
+        impl.name = name
+        return Entry(name, "builtin", impl)
+    except Exception as exc:
+        return Entry(name, "builtin", error=f"failed to load: {type(exc).__name__}: {exc}")
+
+
+def _entry_points() -> list[Entry]:
+    entries = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        origin = f"entry point {ep.name} ({ep.value})"
+        try:
+            impl = as_implementation(ep.load(), ep.name, origin)
+            entries.append(Entry(impl.name, origin, impl))
+        except Exception as exc:  # one broken plugin never crashes the host
+            entries.append(Entry(ep.name, origin, error=f"failed to load: {type(exc).__name__}: {exc}"))
+    return entries
+
+
+def discover(specs: Iterable[str] = ()) -> list[Entry]:
+    """Every known implementation: built-ins, entry points, then ``--impl`` specs.
+
+    A spec that is a registered name is a no-op here (it selects, see :func:`select`); a spec
+    that fails to load raises ImplementationError, because the user asked for it explicitly.
+    """
+    entries = [_builtin(name) for name in BUILTINS] + _entry_points()
+    known = {e.name for e in entries}
+    for spec in specs:
+        if spec in known:
+            continue
+        impl = load_spec(spec)
+        entries.append(Entry(impl.name, spec, impl, extra={"spec": spec}))
+        known.add(impl.name)
+    return entries
+
+
+def select(specs: Iterable[str] = (), *, include_canaries: bool = True) -> tuple[list[Entry], list[Entry]]:
+    """The implementations to run: (explicitly requested or all, skipped-with-reason).
+
+    With no specs every available implementation is used and unavailable ones are returned as
+    skipped. Naming one that is unavailable or unknown raises ImplementationError.
+    """
+    specs = list(specs)
+    entries = discover(specs)
+    by_name = {e.name: e for e in entries}
+    if specs:
+        chosen = []
+        for spec in specs:
+            entry = by_name.get(spec) or next((e for e in entries if e.extra.get("spec") == spec), None)
+            if entry is None:
+                raise ImplementationError(
+                    f"--impl: unknown implementation {spec!r}; known: {', '.join(by_name)}"
+                )
+            reason = entry.unavailable()
+            if reason:
+                raise ImplementationError(f"--impl {spec}: unavailable: {reason}")
+            chosen.append(entry)
+        return chosen, []
+    run, skipped = [], []
+    for e in entries:
+        if e.unavailable() or (e.impl is not None and e.impl.canary and not include_canaries):
+            skipped.append(e)
+        else:
+            run.append(e)
+    return run, skipped
+
+
+def get(name_or_spec: str) -> Implementation:
+    """One implementation by registry name or spec; ImplementationError if unusable."""
+    chosen, _ = select([name_or_spec])
+    assert chosen[0].impl is not None
+    return chosen[0].impl
