@@ -57,7 +57,7 @@ def _as_float_array(name: str, value, dtype: np.dtype | None) -> np.ndarray:
 
 
 def _frozen(arr: np.ndarray) -> np.ndarray:
-    arr = np.ascontiguousarray(arr)
+    arr = np.array(arr, order="C", copy=True)  # ascontiguousarray would turn 0-d into 1-d
     arr.setflags(write=False)
     return arr
 

@@ -1,0 +1,84 @@
+"""Problem validation: one ProblemError (a ValueError) naming the field, for everything PyTorch
+rejects."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from harness.problem import Problem, ProblemError
+
+X = np.zeros((4, 3), np.float32)
+T = np.array([0, 1, 2, 1])
+
+BAD = [
+    # (kwargs, field named in the message, a fragment of the fix)
+    ({"logits": np.zeros((4, 3), np.int32)}, "logits", "float"),
+    ({"logits": np.zeros((4, 3), np.complex64)}, "logits", "unsupported dtype"),
+    ({"logits": np.float32(1.0)}, "logits", "shape"),
+    ({"logits": np.zeros((4, 0), np.float32), "target": np.zeros(4, np.int64)}, "logits", "C = 0"),
+    ({"target": np.array([0, 1, 2])}, "target", "shape (4,)"),
+    ({"target": np.array([0, 1, 3, 1])}, "target", "outside [0, 3)"),
+    ({"target": np.array([0, -1, 2, 1])}, "target", "outside [0, 3)"),
+    ({"target": np.array([True, False, True, False])}, "target", "boolean"),
+    ({"target": np.zeros((4, 2), np.float32)}, "target", "logits' shape"),
+    ({"target": np.array(["a", "b", "c", "d"])}, "target", "neither"),
+    ({"weight": np.ones(2)}, "weight", "shape (3,)"),
+    ({"weight": np.array([1.0, np.nan, 1.0])}, "weight", "finite"),
+    ({"weight": np.array([1.0, np.inf, 1.0])}, "weight", "finite"),
+    ({"logits": np.zeros((4, 3), np.float16), "weight": np.array([1.0, 1e6, 1.0])}, "weight", "overflows"),
+    ({"label_smoothing": 1.5}, "label_smoothing", "[0, 1]"),
+    ({"label_smoothing": -0.1}, "label_smoothing", "[0, 1]"),
+    ({"label_smoothing": float("nan")}, "label_smoothing", "[0, 1]"),
+    ({"reduction": "avg"}, "reduction", "'mean', 'sum' or 'none'"),
+    ({"ignore_index": 1.5}, "ignore_index", "integer"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "field", "fix"), BAD)
+def test_invalid_problems_name_the_field(kwargs, field, fix):
+    args = {"logits": X, "target": T} | kwargs
+    with pytest.raises(ProblemError) as info:
+        Problem(**args)
+    msg = str(info.value)
+    assert msg.startswith(f"{field}:"), msg
+    assert fix in msg, msg
+    assert "\n" not in msg
+    assert isinstance(info.value, ValueError)
+
+
+def test_ignore_index_may_lie_inside_the_class_range():
+    p = Problem(X, np.array([0, 1, 2, 1]), ignore_index=1)
+    assert "ignore_index" in p.features
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32, np.float64])
+def test_shapes_and_dtypes(dtype):
+    unbatched = Problem(np.zeros(5, dtype), np.array(2))
+    assert unbatched.num_classes == 5 and unbatched.sample_shape == () and unbatched.output_shape == ()
+    kdim = Problem(np.zeros((2, 5, 3, 4), dtype), np.zeros((2, 3, 4), np.int64), reduction="none")
+    assert kdim.num_classes == 5 and kdim.output_shape == (2, 3, 4)
+    x, t = kdim.rows()
+    assert x.shape == (24, 5) and t.shape == (24,)
+    np.testing.assert_array_equal(kdim.unrows(x), kdim.logits)
+    prob = Problem(np.zeros((2, 5), dtype), np.full((2, 5), 0.2), weight=[1, 2, 3, 4, 5])
+    assert prob.target.dtype == np.dtype(dtype) and prob.weight.dtype == np.dtype(dtype)
+    assert prob.probability_target and "weight" in prob.features
+
+
+def test_empty_batch_is_valid():
+    p = Problem(np.zeros((0, 3)), np.zeros(0, np.int64))
+    assert p.num_samples == 0 and p.output_shape == ()
+
+
+def test_digest_is_stable_and_sensitive():
+    a = Problem(X, T)
+    assert a.digest == Problem(X.copy(), T.copy()).digest
+    assert a.digest != Problem(X, T, label_smoothing=0.1).digest
+    assert a.digest != Problem(X.astype(np.float64), T).digest
+    assert a.digest != Problem(X, T, weight=np.ones(3)).digest
+
+
+def test_arrays_are_frozen():
+    p = Problem(X, T)
+    with pytest.raises(ValueError):
+        p.logits[0, 0] = 1.0
