@@ -1,0 +1,229 @@
+"""JAX/optax cross-entropy written to PyTorch's contract, on the CPU and on a GPU.
+
+The per-sample losses come from optax: ``optax.softmax_cross_entropy_with_integer_labels``
+for class-index targets and ``optax.softmax_cross_entropy`` for probability targets, both
+called with ``axis=class_axis`` so K-dim inputs (N, C, d1, ..., dk) and unbatched inputs (C,)
+need no transposes. What optax does not offer is written around it, following the structure
+of PyTorch's own ``cross_entropy``:
+
+* class weights: the nll term is scaled by ``w[y_n]``; the smoothing term is
+  ``optax.softmax_cross_entropy(x, w)`` = -Σ_c w_c log p_c (weights broadcast as "labels");
+  probability targets are multiplied by ``w`` before optax;
+* ``ignore_index`` (also inside [0, C)): ignored labels are replaced by 0 before optax (whose
+  gather would otherwise read out of range) and their losses and weights are set to 0 with
+  ``jnp.where``;
+* label smoothing ε for index targets: (1−ε)·reduce(nll) + (ε/C)·reduce(smooth), with the mean
+  of both terms divided by Σ w_{y_n} over non-ignored samples, exactly as PyTorch; for
+  probability targets ``optax.smooth_labels`` gives t' = (1−ε)t + ε/C;
+* reductions: 'sum', 'none' and 'mean' (weighted: divided by Σ w_{y_n}; probability targets:
+  by the sample count). An empty or fully ignored batch gives 0/0 = NaN, as in PyTorch, and
+  its gradient is 0.
+
+Precision: float64 really is float64 -- ``jax_enable_x64`` is switched on (globally, for the
+whole process) the first time this module computes anything, not at import. float16 and
+bfloat16 inputs are upcast to float32 inside the jitted function (like PyTorch's CPU/CUDA
+kernels, which accumulate in float32), and the loss and gradient are rounded once to the
+input dtype at the end. Set ``compute_in_float32 = False`` on an instance to compute 16-bit
+inputs natively instead.
+
+Compilation: the options (class axis, target kind, weight or not, ignore_index, reduction, ε)
+are static -- closed over by a cached builder -- and ``jax.jit`` caches one executable per
+(shape, dtype, device) of the inputs. ``prepare()`` puts the inputs on the device with
+``jax.device_put`` and runs the function once, so compile time stays out of timings; the
+callable it returns blocks until the result is ready. The gradient is ``jax.value_and_grad``
+of the sum of the returned losses (the loss itself for 'mean'/'sum').
+
+Threads: XLA's CPU thread pool is fixed when the backend starts (use ``XLA_FLAGS``); it is not
+changed per call. jax and optax are imported lazily, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import numpy as np
+
+from harness.problem import Problem
+from harness.registry import Implementation
+
+
+@cache
+def _jax():
+    """Import jax/optax and enable float64 (process-wide) on first use."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import optax
+
+    return jax, jnp, optax
+
+
+@cache
+def _build(
+    class_axis: int,
+    ndim: int,
+    num_classes: int,
+    probability: bool,
+    has_weight: bool,
+    ignore_index: int,
+    reduction: str,
+    eps: float,
+    upcast: bool,
+):
+    """(forward, forward_and_grad), jitted, for one set of static options."""
+    jax, jnp, optax = _jax()
+    bshape = tuple(num_classes if i == class_axis else 1 for i in range(ndim))
+
+    def compute_dtype(dtype):
+        if dtype == jnp.float64:
+            return jnp.float64
+        if dtype == jnp.float32 or upcast:
+            return jnp.float32
+        return dtype
+
+    def losses(x, t, w):
+        """The reduced loss (or per-sample losses) in the compute dtype."""
+        cdt = compute_dtype(x.dtype)
+        x = x.astype(cdt)
+        if has_weight:
+            w = w.astype(cdt)
+        if probability:
+            t = t.astype(cdt)
+            if eps:
+                t = optax.smooth_labels(t, eps, axis=class_axis)
+            if has_weight:
+                t = t * w.reshape(bshape)
+            per = optax.softmax_cross_entropy(x, t, axis=class_axis)
+            if reduction == "none":
+                return per
+            total = jnp.sum(per)
+            return total / per.size if reduction == "mean" else total
+
+        ignored = t == ignore_index
+        y = jnp.where(ignored, 0, t)
+        nll = optax.softmax_cross_entropy_with_integer_labels(x, y, axis=class_axis)
+        if has_weight:
+            wy = jnp.where(ignored, 0, jnp.take(w, y))
+            nll = wy * nll
+        else:
+            wy = jnp.where(ignored, 0, 1).astype(cdt)
+        nll = jnp.where(ignored, 0, nll)
+
+        def reduce(v):
+            if reduction == "none":
+                return v
+            total = jnp.sum(v)
+            return total / jnp.sum(wy) if reduction == "mean" else total
+
+        if not eps:
+            return reduce(nll)
+        # -Σ_c w_c log p_c: optax's cross-entropy with the weights (or ones) as "labels"
+        labels = w.reshape(bshape) if has_weight else jnp.ones(bshape, cdt)
+        smooth = jnp.where(ignored, 0, optax.softmax_cross_entropy(x, labels, axis=class_axis))
+        return (1.0 - eps) * reduce(nll) + reduce(smooth) * (eps / num_classes)
+
+    def forward(x, t, w):
+        return losses(x, t, w).astype(x.dtype)
+
+    def objective(x, t, w):
+        loss = losses(x, t, w)
+        return jnp.sum(loss), loss.astype(x.dtype)
+
+    value_and_grad = jax.value_and_grad(objective, has_aux=True)
+
+    def forward_and_grad(x, t, w):
+        (_, loss), g = value_and_grad(x, t, w)
+        return loss, g
+
+    return jax.jit(forward), jax.jit(forward_and_grad)
+
+
+class _Jax(Implementation):
+    requires = ("jax", "optax")
+    platform = "cpu"
+    #: Upcast float16/bfloat16 to float32 inside the computation (PyTorch's behaviour).
+    compute_in_float32: bool = True
+
+    def _device(self):
+        jax, _, _ = _jax()
+        return jax.devices(self.platform)[0]
+
+    def _functions(self, problem: Problem):
+        return _build(
+            problem.class_axis,
+            problem.logits.ndim,
+            problem.num_classes,
+            problem.probability_target,
+            problem.weight is not None,
+            problem.ignore_index,
+            problem.reduction,
+            problem.label_smoothing,
+            bool(self.compute_in_float32),
+        )
+
+    def _args(self, problem: Problem):
+        jax, _, _ = _jax()
+        dev = self._device()
+        x = jax.device_put(problem.logits, dev)
+        target = problem.target
+        if not problem.probability_target:
+            # (C,) logits take a 0-d target; reshape guards against a (1,) copy of it
+            target = target.reshape(problem.sample_shape)
+        t = jax.device_put(target, dev)
+        w = None if problem.weight is None else jax.device_put(problem.weight, dev)
+        return x, t, w
+
+    def loss(self, problem: Problem) -> np.ndarray:
+        forward, _ = self._functions(problem)
+        return np.asarray(forward(*self._args(problem)))
+
+    def grad(self, problem: Problem) -> np.ndarray:
+        _, forward_and_grad = self._functions(problem)
+        return np.asarray(forward_and_grad(*self._args(problem))[1])
+
+    def prepare(self, problem: Problem, *, backward: bool = False) -> Callable[[], object]:
+        jax, _, _ = _jax()
+        forward, forward_and_grad = self._functions(problem)
+        fn = forward_and_grad if backward else forward
+        args = self._args(problem)
+        jax.block_until_ready(fn(*args))  # compile (untimed)
+        block = jax.block_until_ready
+
+        def run():
+            return block(fn(*args))
+
+        return run
+
+
+class JaxCPU(_Jax):
+    """optax softmax cross-entropy + PyTorch's options, jitted on the JAX CPU backend."""
+
+    name = "jax"
+    description = "optax softmax cross-entropy with PyTorch's options, jax.jit on CPU"
+    devices = ("cpu",)
+    platform = "cpu"
+
+
+class JaxGPU(_Jax):
+    """optax softmax cross-entropy + PyTorch's options, jitted on a JAX GPU backend."""
+
+    name = "jax-gpu"
+    description = "optax softmax cross-entropy with PyTorch's options, jax.jit on GPU"
+    devices = ("gpu",)
+    platform = "gpu"
+
+    def available(self) -> str | None:
+        reason = super().available()
+        if reason:
+            return reason
+        try:
+            import jax
+
+            if jax.devices("gpu"):
+                return None
+            return "JAX reports no GPU device"
+        except Exception as exc:  # no GPU backend / plugin: RuntimeError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return f"no JAX GPU backend (jax.devices('gpu') failed: {first})"

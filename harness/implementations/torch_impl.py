@@ -1,0 +1,198 @@
+"""PyTorch's ``torch.nn.functional.cross_entropy``: the contract itself, on CPU and CUDA.
+
+Every option is passed straight through (class weights, ``ignore_index``, reductions, label
+smoothing, probability targets, K-dim and unbatched inputs); the gradient comes from autograd.
+All four dtypes run natively: float16 and bfloat16 arrays cross into torch bit-exactly (a
+bfloat16 array travels as its 16-bit pattern, int16 in NumPy and torch, then is re-viewed as
+``torch.bfloat16``), and results come back the same way. If one of torch's kernels does not
+support a dtype on a device, the exception propagates from :meth:`loss` / :meth:`grad` and the
+harness records it.
+
+torch is imported lazily (inside methods), so importing this module stays cheap and works
+without torch. The CPU thread count is ``threads`` (default: the environment variable
+``XENT_NUM_THREADS``, else ``os.cpu_count()``), applied with ``torch.set_num_threads`` before
+every run so comparisons with multi-threaded NumPy code are fair.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import cache
+
+import ml_dtypes
+import numpy as np
+
+from harness.problem import Problem
+from harness.registry import Implementation
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+@cache
+def _torch():
+    import torch
+    import torch.nn.functional as F
+
+    return torch, F
+
+
+def default_threads() -> int:
+    """``XENT_NUM_THREADS`` when set to a positive integer, else ``os.cpu_count()``."""
+    env = os.environ.get("XENT_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n > 0:
+            return n
+    return os.cpu_count() or 1
+
+
+def to_torch(arr: np.ndarray, device: str = "cpu"):
+    """A NumPy array as a torch tensor on ``device``, bit-exact for every supported dtype."""
+    torch, _ = _torch()
+    arr = np.array(arr, order="C", copy=True)  # writable, contiguous, 0-d stays 0-d
+    if arr.dtype == _BF16:
+        t = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(arr)
+    return t.to(device)
+
+
+def to_numpy(t) -> np.ndarray:
+    """A torch tensor as a NumPy array (bfloat16 -> ml_dtypes.bfloat16, bit-exact)."""
+    torch, _ = _torch()
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_BF16).copy()
+    return t.numpy().copy()
+
+
+class _Torch(Implementation):
+    requires = ("torch",)
+    torch_device = "cpu"
+
+    def __init__(self, threads: int | None = None):
+        self.threads = default_threads() if threads is None else int(threads)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _set_threads(self) -> None:
+        torch, _ = _torch()
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def _tensors(self, problem: Problem):
+        x = to_torch(problem.logits, self.torch_device)
+        target = problem.target
+        if not problem.probability_target:
+            # (C,) logits take a 0-d target; reshape guards against a (1,) copy of it
+            target = target.reshape(problem.sample_shape)
+        t = to_torch(target, self.torch_device)
+        w = None if problem.weight is None else to_torch(problem.weight, self.torch_device)
+        return x, t, w
+
+    def _sync(self) -> None:
+        pass
+
+    @staticmethod
+    def _forward(problem: Problem, x, t, w):
+        _, F = _torch()
+        return F.cross_entropy(
+            x,
+            t,
+            weight=w,
+            ignore_index=problem.ignore_index,
+            reduction=problem.reduction,
+            label_smoothing=problem.label_smoothing,
+        )
+
+    def _runner(self, problem: Problem, backward: bool) -> Callable[[], object]:
+        torch, _ = _torch()
+        self._set_threads()
+        x, t, w = self._tensors(problem)
+        sync = self._sync
+        forward = self._forward
+        if not backward:
+
+            def run():
+                with torch.no_grad():
+                    out = forward(problem, x, t, w)
+                sync()
+                return out
+
+            return run
+
+        # d(sum of outputs)/dx: the seed is ones of the loss' shape (a scalar 1 for mean/sum),
+        # allocated once; autograd.grad returns a fresh gradient, so nothing accumulates.
+        seed = torch.ones(problem.output_shape, dtype=x.dtype, device=x.device)
+
+        def run_backward():
+            xr = x.detach().requires_grad_(True)
+            out = forward(problem, xr, t, w)
+            (g,) = torch.autograd.grad(out, xr, grad_outputs=seed)
+            sync()
+            return out.detach(), g
+
+        return run_backward
+
+    # -- the Implementation API ----------------------------------------------------------------
+    def loss(self, problem: Problem) -> np.ndarray:
+        return to_numpy(self._runner(problem, backward=False)())
+
+    def grad(self, problem: Problem) -> np.ndarray:
+        return to_numpy(self._runner(problem, backward=True)()[1])
+
+    def prepare(self, problem: Problem, *, backward: bool = False) -> Callable[[], object]:
+        run = self._runner(problem, backward)
+        threads = self.threads
+        torch, _ = _torch()
+
+        def timed():
+            if threads and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            return run()
+
+        return timed
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["threads"] = self.threads
+        return d
+
+
+class TorchCPU(_Torch):
+    """torch.nn.functional.cross_entropy on the CPU (autograd gradient)."""
+
+    name = "torch"
+    description = "torch.nn.functional.cross_entropy on the CPU, gradient by autograd"
+    devices = ("cpu",)
+    torch_device = "cpu"
+
+
+class TorchCUDA(_Torch):
+    """torch.nn.functional.cross_entropy on a CUDA device (autograd gradient)."""
+
+    name = "torch-cuda"
+    description = "torch.nn.functional.cross_entropy on CUDA, gradient by autograd"
+    devices = ("cuda",)
+    torch_device = "cuda"
+
+    def available(self) -> str | None:
+        reason = super().available()
+        if reason:
+            return reason
+        try:
+            torch, _ = _torch()
+            if torch.cuda.is_available():
+                return None
+            if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+                return f"torch {torch.__version__} is built without CUDA"
+            return "torch sees no CUDA device (torch.cuda.is_available() is False)"
+        except Exception as exc:  # a broken install must not crash the listing
+            return f"torch CUDA check failed: {type(exc).__name__}: {exc}".splitlines()[0]
+
+    def _sync(self) -> None:
+        torch, _ = _torch()
+        torch.cuda.synchronize()
