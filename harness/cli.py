@@ -95,6 +95,264 @@ def cmd_references(args) -> int:
     return EXIT_FAIL if found else EXIT_OK
 
 
+# -- sweeps: run | accuracy | gradient | throughput | check ---------------------------------------
+
+
+def _sweep_args(p: argparse.ArgumentParser, *, timing: bool = True) -> None:
+    _impl_arg(p)
+    p.add_argument("--dtype", action="append", metavar="DTYPE", help="float16, bfloat16, float32, float64 (repeatable; default all)")
+    p.add_argument("--scenario", action="append", metavar="NAME|GLOB", help="scenario names, families or globs (repeatable; default all)")
+    p.add_argument("--quick", action="store_true", help="the small CI subset of scenarios%s" % (" and shapes" if timing else ""))
+    p.add_argument("--out", metavar="DIR", help="run directory (default reports/<timestamp>/, copied to reports/latest/)")
+    p.add_argument("--json", action="store_true", help="print the results JSON on stdout instead of tables")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest under reports/) without recomputing finished cells")
+    p.add_argument("--workers", type=int, default=None, help="processes for the reference (default: all cores)")
+    p.add_argument("--budgets", metavar="FILE", help="TOML budgets overriding the defaults and pyproject.toml")
+    p.add_argument("--known", metavar="FILE", help="TOML [[known-failures]] (cells glob + reason) besides pyproject.toml's")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                   help="run implementations in subprocesses (default: only --impl plugins)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-call timeout in seconds for isolated calls (default 60)")
+    p.add_argument("--include-large", action="store_true", help="also the 'large' scenarios (C up to 262,144) in accuracy sweeps")
+
+
+def _timestamp() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _out_dir(args):
+    from pathlib import Path
+
+    if args.out:
+        return Path(args.out)
+    base = Path("reports")
+    if args.resume:
+        runs = sorted(d for d in base.glob("2*") if d.is_dir()) if base.is_dir() else []
+        if not runs:
+            raise UsageError("--resume: no earlier run under reports/; pass --out DIR")
+        return runs[-1]
+    return base / _timestamp()
+
+
+def _progress_factory(args):
+    if args.json or not sys.stdout.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return lambda total: tqdm(total=total, unit="cell", leave=False, dynamic_ncols=True)
+
+
+def _execute(args, kinds: tuple[str, ...], *, timing: bool, report: bool, gate: bool) -> int:
+    """Shared body of run/accuracy/gradient/throughput/check."""
+    import shutil
+    import time
+
+    from harness import budgets as budgets_mod
+    from harness import registry, results, scenarios, sweeps, throughput
+    from harness.formats import DTYPE_NAMES
+
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    dtypes = args.dtype or list(DTYPE_NAMES)
+    for d in dtypes:
+        if d not in DTYPE_NAMES:
+            raise UsageError(f"--dtype: unknown dtype {d!r}; use {', '.join(DTYPE_NAMES)}")
+    try:
+        chosen, skipped = registry.select(args.impl, include_canaries=not (gate and not args.impl))
+    except registry.ImplementationError as exc:
+        raise UsageError(str(exc)) from None
+    for e in skipped:
+        why = e.unavailable() or "canary, left out of the gate (name it with --impl to check it)"
+        log(f"skip {e.name}: {why}")
+    if not chosen:
+        raise UsageError("no implementation available; see `xent-harness list`")
+    try:
+        budget_table, budget_source = budgets_mod.load(args.budgets)
+        known = budgets_mod.load_known(args.known)
+        picked = []
+        if any(k in kinds for k in sweeps.KINDS):
+            picked = scenarios.select(args.scenario or None, quick=args.quick, dtypes=dtypes)
+            if not (args.include_large or args.scenario):
+                picked = [s for s in picked if "large" not in s.tags]
+    except (ValueError, budgets_mod.BudgetError) as exc:
+        raise UsageError(str(exc)) from None
+
+    out = _out_dir(args)
+    argv = list(sys.argv[1:]) if args.argv is None else args.argv
+    run_meta = {"id": out.name, "command": results.argv_command(argv), "argv": argv, "started": results.now(),
+                "finished": None, "complete": False, "kinds": list(kinds), "quick": args.quick,
+                "dtypes": dtypes, "scenario_patterns": args.scenario}
+    res = results.Results.open(out, run_meta, resume=args.resume)
+    res.data["provenance"] = results.provenance(gpu=_gpu_info(chosen), threads=throughput.threads())
+    res.data["budgets"], res.data["budgets_source"] = budget_table, budget_source
+    res.data["scenarios"] = [scenarios.describe(s) for s in picked]
+    progress = _progress_factory(args)
+    t0 = time.monotonic()
+    try:
+        sweep_kinds = tuple(k for k in kinds if k in sweeps.KINDS)
+        if sweep_kinds and picked:
+            plan = sweeps.Plan(chosen, picked, dtypes, budget_table, kinds=sweep_kinds, workers=args.workers,
+                               isolate=args.isolate, timeout=args.timeout)
+            log(f"{'/'.join(sweep_kinds)}: {len(chosen)} implementations x {len(picked)} scenarios x {len(dtypes)} dtypes")
+            sweeps.run(plan, res, log=log, progress=progress)
+        t_acc = time.monotonic() - t0
+        if timing:
+            log(f"throughput: {len(chosen)} implementations x {len(dtypes)} dtypes, {'quick' if args.quick else 'full'} grid")
+            throughput.run(chosen, dtypes, res, quick=args.quick, log=log, progress=progress)
+    except KeyboardInterrupt:
+        res.close()
+        log(f"interrupted: finished cells are saved; continue with --resume --out {out}")
+        return 130
+    sweeps.mark_known(res.cells, known)
+    res.data["known_failures"] = known
+    impl_rows = sweeps.implementation_rows(chosen, skipped, res.cells)
+    res.data["implementations"] = impl_rows
+    res.data["summary"] = sweeps.summary(impl_rows, res.cells, res.rows, canaries_expected=not args.impl)
+    res.data["run"]["finished"] = results.now()
+    res.data["run"]["complete"] = True
+    res.data["run"]["seconds"] = {"sweeps": round(t_acc, 2), "total": round(time.monotonic() - t0, 2)}
+    res.close()
+    if report:
+        _write_report(res.data, out, log)
+    if not args.out:
+        latest = out.parent / "latest"
+        if latest.resolve() != out.resolve():
+            shutil.rmtree(latest, ignore_errors=True)
+            shutil.copytree(out, latest)
+    if args.json:
+        print(results.dumps(res.data))
+    else:
+        _print_tables(res.data, gate=gate)
+        log(f"results: {res.path}" + (f"  report: {out / 'report.html'}" if report and (out / 'report.html').exists() else ""))
+    return EXIT_FAIL if res.data["summary"]["verdict"] == "fail" else EXIT_OK
+
+
+def _gpu_info(entries) -> dict | None:
+    for e in entries:
+        fn = getattr(e.impl, "device_info", None)
+        if e.impl is not None and e.impl.device != "cpu" and fn is not None:
+            try:
+                return fn()
+            except Exception:
+                return None
+    return None
+
+
+def _write_report(data: dict, out, log) -> None:
+    try:
+        from harness import report
+    except ImportError as exc:
+        log(f"report: skipped ({exc}); install the 'report' extra")
+        return
+    report.write_html(data, out / "report.html")
+    md = report.render_markdown(data)
+    (out / "summary.md").write_text(md)
+    report.append_github_summary(md)
+
+
+def _fmt(v, spec=".3g") -> str:
+    from harness.results import number
+
+    v = number(v)
+    if v is None:
+        return "-"
+    return format(v, spec) if isinstance(v, float) else str(v)
+
+
+def _print_tables(data: dict, *, gate: bool) -> None:
+    cells = data["cells"]
+    order = {"fail": 0, "error": 1}
+    bad = sorted((c for c in cells if c["status"] in order and not c.get("known")),
+                 key=lambda c: (order[c["status"]], c["impl"], c["dtype"], c["scenario"]))
+    if bad:
+        print(f"\n{'status':6s} {'implementation':14s} {'dtype':9s} {'kind':9s} {'scenario':30s} message")
+        for c in bad[:25]:
+            print(f"{c['status']:6s} {c['impl']:14s} {c['dtype']:9s} {c['kind']:9s} {c['scenario']:30s} {c['message'] or ''}"[:220])
+        if len(bad) > 25:
+            print(f"... and {len(bad) - 25} more failing cells (see the results file)")
+    rows = [r for r in data.get("throughput", []) if r.get("status") == "ok"]
+    if rows:
+        print(f"\n{'implementation':14s} {'dtype':9s} {'N x C':>14s} {'pass':17s} {'time':>10s} {'GB/s':>7s} {'of copy':>8s}")
+        for r in sorted(rows, key=lambda r: (r['N'] * r['C'], r['dtype'], r['pass'], -r['gbps'])):
+            noisy = " noisy" if r.get("noisy") else ""
+            print(f"{r['impl']:14s} {r['dtype']:9s} {r['N']:>6d} x {r['C']:<6d} {r['pass']:17s} "
+                  f"{r['median_s'] * 1e3:8.2f}ms {r['gbps']:7.2f} {r['fraction_of_copy']:7.0%}{noisy}")
+    print()
+    for r in data["implementations"]:
+        c = r["counts"]
+        extra = f" ({r['reason']})" if r.get("reason") else ""
+        canary = " [canary]" if r.get("canary") else ""
+        known = f", {c['known']} known failures" if c.get("known") else ""
+        print(f"{r['verdict'].upper():11s} {r['name']}{canary}: {c['pass']} pass, {c['fail']} fail, {c['error']} error, "
+              f"{c['unsupported']} unsupported{known}{extra}")
+    s = data["summary"]
+    print(f"\nverdict: {s['verdict'].upper()}" + (f" (failing: {', '.join(s['failing'])})" if s["failing"] else ""))
+
+
+def cmd_run(args) -> int:
+    return _execute(args, ("accuracy", "gradient", "special", "throughput"), timing=True, report=True, gate=False)
+
+
+def cmd_accuracy(args) -> int:
+    return _execute(args, ("accuracy", "special"), timing=False, report=False, gate=False)
+
+
+def cmd_gradient(args) -> int:
+    return _execute(args, ("gradient", "special"), timing=False, report=False, gate=False)
+
+
+def cmd_throughput(args) -> int:
+    return _execute(args, ("throughput",), timing=True, report=False, gate=False)
+
+
+def cmd_check(args) -> int:
+    return _execute(args, ("accuracy", "gradient", "special"), timing=False, report=False, gate=True)
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from harness import results
+
+    data = results.load(args.results)
+    baseline = results.load(args.baseline) if args.baseline else None
+    try:
+        from harness import report
+    except ImportError as exc:
+        raise UsageError(f"report: {exc}; install the 'report' extra (jinja2, matplotlib)") from None
+    out = Path(args.output) if args.output else Path(args.results).with_name("report.html")
+    if Path(args.results).is_dir():
+        out = Path(args.output) if args.output else Path(args.results) / "report.html"
+    report.write_html(data, out, baseline=baseline)
+    md = report.render_markdown(data, baseline=baseline)
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+    report.append_github_summary(md)
+    print(f"report: {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return EXIT_OK
+
+
+def _add_sweep_commands(sub) -> None:
+    for name, func, helptext, timing in (
+        ("run", cmd_run, "the main job: accuracy + gradient + special values + throughput, then the report", True),
+        ("accuracy", cmd_accuracy, "accuracy of the loss (and special values)", False),
+        ("gradient", cmd_gradient, "accuracy of the gradient (and special values)", False),
+        ("throughput", cmd_throughput, "forward and forward+backward GB/s against a same-run copy", True),
+        ("check", cmd_check, "the CI gate: accuracy + gradient + special values, exit 1 on any failure", False),
+    ):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        _sweep_args(p, timing=timing)
+        p.set_defaults(func=func, argv=None)
+    p = sub.add_parser("report", help="render the HTML report (and Markdown summary) of a results file")
+    p.add_argument("results", help="results.json or a run directory")
+    p.add_argument("-o", "--output", help="HTML file (default: report.html next to the results)")
+    p.add_argument("--baseline", help="another results file to compare against")
+    p.add_argument("--markdown", metavar="FILE", help="also write the Markdown summary here")
+    p.set_defaults(func=cmd_report)
+
+
 # -- entry point -----------------------------------------------------------------------------------
 
 
@@ -127,13 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Functions that add further subcommands (the sweeps register theirs here).
-_EXTRA_COMMANDS: list[Callable] = []
+_EXTRA_COMMANDS: list[Callable] = [_add_sweep_commands]
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        if hasattr(args, "argv"):
+            args.argv = list(argv) if argv is not None else None
         return args.func(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

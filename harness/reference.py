@@ -41,6 +41,8 @@ from gmpy2 import mpfr
 from harness.formats import FORMATS
 from harness.problem import Problem
 
+#: Bump when the algorithm or the stored layout changes: invalidates cached references.
+VERSION = 1
 #: First working precision of the Ziv loop (bits).
 START_BITS = 128
 #: Precision cap. Past it a value is returned as computed and counted in ``Exact.unresolved``.

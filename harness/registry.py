@@ -123,6 +123,19 @@ class Implementation:
         return f"<Implementation {self.name} ({self.origin})>"
 
 
+def no_gpu_reason() -> str | None:
+    """A reason when this machine visibly has no NVIDIA GPU, found without importing any GPU
+    library (so ``xent-harness list`` stays fast); None when one may be present."""
+    import glob
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return "CUDA_VISIBLE_DEVICES hides every GPU"
+    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/proc/driver/nvidia") or sys.platform != "linux":
+        return None
+    return "no NVIDIA GPU on this machine (no /dev/nvidia* device)"
+
+
 class FunctionImplementation(Implementation):
     """Adapts a plugin written against plain NumPy arrays: an object with
     ``loss(logits, target, *, weight, ignore_index, reduction, label_smoothing)`` and optionally

@@ -45,15 +45,26 @@ from functools import cache
 import numpy as np
 
 from harness.problem import Problem
-from harness.registry import Implementation
+from harness.registry import Implementation, no_gpu_reason
 
 
 @cache
 def _jax():
     """Import jax/optax and enable float64 (process-wide) on first use."""
+    import os
+
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    # Compiling dominates the accuracy sweeps (one executable per shape, dtype and option set):
+    # keep compiled executables on disk so later runs reuse them. XENT_JAX_CACHE="" disables it.
+    from harness.cache import default_dir
+
+    cache_dir = os.environ.get("XENT_JAX_CACHE", str(default_dir() / "jax"))
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     import jax.numpy as jnp
     import optax
 
@@ -67,12 +78,13 @@ def _build(
     num_classes: int,
     probability: bool,
     has_weight: bool,
-    ignore_index: int,
     reduction: str,
-    eps: float,
+    smoothing: bool,
     upcast: bool,
 ):
-    """(forward, forward_and_grad), jitted, for one set of static options."""
+    """(forward, forward_and_grad), jitted, for one set of static options. ignore_index and
+    label_smoothing are traced arguments, so problems that differ only in them share a
+    compilation (compiling dominates the accuracy sweeps)."""
     jax, jnp, optax = _jax()
     bshape = tuple(num_classes if i == class_axis else 1 for i in range(ndim))
 
@@ -83,7 +95,7 @@ def _build(
             return jnp.float32
         return dtype
 
-    def losses(x, t, w):
+    def losses(x, t, w, ignore_index, eps):
         """The reduced loss (or per-sample losses) in the compute dtype."""
         cdt = compute_dtype(x.dtype)
         x = x.astype(cdt)
@@ -91,8 +103,8 @@ def _build(
             w = w.astype(cdt)
         if probability:
             t = t.astype(cdt)
-            if eps:
-                t = optax.smooth_labels(t, eps, axis=class_axis)
+            if smoothing:
+                t = (1.0 - eps) * t + eps / num_classes  # optax.smooth_labels, with a traced eps
             if has_weight:
                 t = t * w.reshape(bshape)
             per = optax.softmax_cross_entropy(x, t, axis=class_axis)
@@ -117,24 +129,24 @@ def _build(
             total = jnp.sum(v)
             return total / jnp.sum(wy) if reduction == "mean" else total
 
-        if not eps:
+        if not smoothing:
             return reduce(nll)
         # -Σ_c w_c log p_c: optax's cross-entropy with the weights (or ones) as "labels"
         labels = w.reshape(bshape) if has_weight else jnp.ones(bshape, cdt)
         smooth = jnp.where(ignored, 0, optax.softmax_cross_entropy(x, labels, axis=class_axis))
         return (1.0 - eps) * reduce(nll) + reduce(smooth) * (eps / num_classes)
 
-    def forward(x, t, w):
-        return losses(x, t, w).astype(x.dtype)
+    def forward(x, t, w, ignore_index, eps):
+        return losses(x, t, w, ignore_index, eps).astype(x.dtype)
 
-    def objective(x, t, w):
-        loss = losses(x, t, w)
+    def objective(x, t, w, ignore_index, eps):
+        loss = losses(x, t, w, ignore_index, eps)
         return jnp.sum(loss), loss.astype(x.dtype)
 
     value_and_grad = jax.value_and_grad(objective, has_aux=True)
 
-    def forward_and_grad(x, t, w):
-        (_, loss), g = value_and_grad(x, t, w)
+    def forward_and_grad(x, t, w, ignore_index, eps):
+        (_, loss), g = value_and_grad(x, t, w, ignore_index, eps)
         return loss, g
 
     return jax.jit(forward), jax.jit(forward_and_grad)
@@ -157,9 +169,8 @@ class _Jax(Implementation):
             problem.num_classes,
             problem.probability_target,
             problem.weight is not None,
-            problem.ignore_index,
             problem.reduction,
-            problem.label_smoothing,
+            problem.label_smoothing > 0,
             bool(self.compute_in_float32),
         )
 
@@ -173,15 +184,26 @@ class _Jax(Implementation):
             target = target.reshape(problem.sample_shape)
         t = jax.device_put(target, dev)
         w = None if problem.weight is None else jax.device_put(problem.weight, dev)
-        return x, t, w
+        return x, t, w, problem.ignore_index, problem.label_smoothing
+
+    # The accuracy sweeps ask for the loss, then the gradient, of the same problem. Both come from
+    # one jitted jax.value_and_grad call (what a training step runs), computed once and kept for
+    # the next call, so each problem costs one compilation instead of two. The forward-only
+    # executable is what prepare() times.
+    _last: tuple | None = None
+
+    def _value_and_grad(self, problem: Problem):
+        if self._last is None or self._last[0] != problem.digest:
+            _, forward_and_grad = self._functions(problem)
+            loss, grad = forward_and_grad(*self._args(problem))
+            self._last = (problem.digest, np.asarray(loss), np.asarray(grad))
+        return self._last[1], self._last[2]
 
     def loss(self, problem: Problem) -> np.ndarray:
-        forward, _ = self._functions(problem)
-        return np.asarray(forward(*self._args(problem)))
+        return self._value_and_grad(problem)[0]
 
     def grad(self, problem: Problem) -> np.ndarray:
-        _, forward_and_grad = self._functions(problem)
-        return np.asarray(forward_and_grad(*self._args(problem))[1])
+        return self._value_and_grad(problem)[1]
 
     def prepare(self, problem: Problem, *, backward: bool = False) -> Callable[[], object]:
         jax, _, _ = _jax()
@@ -216,6 +238,9 @@ class JaxGPU(_Jax):
 
     def available(self) -> str | None:
         reason = super().available()
+        if reason:
+            return reason
+        reason = no_gpu_reason()  # checked first: importing the library to ask costs seconds
         if reason:
             return reason
         try:

@@ -24,7 +24,7 @@ import ml_dtypes
 import numpy as np
 
 from harness.problem import Problem
-from harness.registry import Implementation
+from harness.registry import Implementation, no_gpu_reason
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -181,6 +181,9 @@ class TorchCUDA(_Torch):
 
     def available(self) -> str | None:
         reason = super().available()
+        if reason:
+            return reason
+        reason = no_gpu_reason()  # checked first: importing the library to ask costs seconds
         if reason:
             return reason
         try:

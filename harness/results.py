@@ -1,0 +1,241 @@
+"""The results file of a run (schema: docs/results-schema.md) and its provenance.
+
+Writes are crash-safe: every finished cell is appended at once to ``cells.jsonl`` (a line is
+either complete or ignored on reading), and ``results.json`` is rewritten atomically (temporary
+file + rename) at least every ``flush_seconds`` and at the end. ``Results.open(..., resume=True)``
+merges both, so a run killed at any point is continued without recomputing finished cells.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+SCHEMA = "xent-harness/results"
+SCHEMA_VERSION = 1
+RESULTS = "results.json"
+JOURNAL = "cells.jsonl"
+
+
+def _clean(obj):
+    """JSON-safe copy: non-finite floats become "inf"/"-inf"/"nan", NumPy scalars Python ones."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def number(v):
+    """Inverse of the encoding above for one value (reports use it)."""
+    if isinstance(v, str) and v in ("inf", "-inf", "nan"):
+        return float(v)
+    return v
+
+
+def dumps(obj) -> str:
+    return json.dumps(_clean(obj), allow_nan=False, indent=1)
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def cell_key(cell: dict) -> tuple:
+    return (cell["kind"], cell["impl"], cell["dtype"], cell["scenario"])
+
+
+def throughput_key(row: dict) -> tuple:
+    return (row["impl"], row["dtype"], row["N"], row["C"], row["pass"])
+
+
+# -- provenance ------------------------------------------------------------------------------------
+
+
+def _git() -> dict:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip() != ""
+        return {"commit": commit or None, "dirty": dirty if commit else None}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(gpu: dict | None = None, threads: int | None = None) -> dict:
+    from harness import __version__
+
+    libs = {d: _version(d) for d in ("numpy", "mpmath", "gmpy2", "ml_dtypes", "torch", "jax", "jaxlib",
+                                     "optax", "cupy-cuda12x", "cupy-cuda13x", "jinja2", "matplotlib")}
+    return {
+        "harness": __version__,
+        "git": _git(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": {"model": _cpu_model(), "cores": os.cpu_count()},
+        "gpu": gpu,
+        "libraries": {k: v for k, v in libs.items() if v},
+        "threads": threads,
+        "date": now(),
+    }
+
+
+# -- the file --------------------------------------------------------------------------------------
+
+
+class Results:
+    """A run's results, persisted as it grows."""
+
+    def __init__(self, directory: Path, data: dict, flush_seconds: float = 2.0):
+        self.directory = Path(directory)
+        self.data = data
+        self.flush_seconds = flush_seconds
+        self._last_flush = 0.0
+        self._cells = {cell_key(c): c for c in data.get("cells", [])}
+        self._rows = {throughput_key(r): r for r in data.get("throughput", [])}
+        self._journal = None
+
+    # construction ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: Path, run: dict, *, resume: bool = False, **kw) -> Results:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / RESULTS
+        if resume and (path.exists() or (directory / JOURNAL).exists()):
+            data = load(path) if path.exists() else {}
+            data.setdefault("cells", [])
+            data.setdefault("throughput", [])
+            self = cls(directory, data, **kw)
+            for entry in _read_journal(directory / JOURNAL):
+                if entry.get("type") == "cell":
+                    self._cells[cell_key(entry["cell"])] = entry["cell"]
+                elif entry.get("type") == "throughput":
+                    self._rows[throughput_key(entry["row"])] = entry["row"]
+            self.data["run"]["resumed"] = self.data["run"].get("resumed", 0) + 1
+            self.data["run"]["finished"] = None
+            self.data["run"]["complete"] = False
+            return self
+        for stale in (path, directory / JOURNAL):
+            stale.unlink(missing_ok=True)
+        data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run": run, "provenance": {},
+                "budgets": {}, "budgets_source": None, "implementations": [], "scenarios": [],
+                "cells": [], "throughput": [], "copy": [], "summary": None}
+        return cls(directory, data, **kw)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / RESULTS
+
+    # cells -------------------------------------------------------------------------------------
+    def has(self, key: tuple) -> bool:
+        return key in self._cells
+
+    def cell(self, key: tuple) -> dict | None:
+        return self._cells.get(key)
+
+    def has_row(self, key: tuple) -> bool:
+        return key in self._rows
+
+    def add_cell(self, cell: dict) -> None:
+        self._cells[cell_key(cell)] = cell
+        self._append({"type": "cell", "cell": cell})
+
+    def add_row(self, row: dict) -> None:
+        self._rows[throughput_key(row)] = row
+        self._append({"type": "throughput", "row": row})
+
+    @property
+    def cells(self) -> list[dict]:
+        return list(self._cells.values())
+
+    @property
+    def rows(self) -> list[dict]:
+        return list(self._rows.values())
+
+    def _append(self, entry: dict) -> None:
+        if self._journal is None:
+            self._journal = open(self.directory / JOURNAL, "a", encoding="utf-8")
+        self._journal.write(json.dumps(_clean(entry), allow_nan=False) + "\n")
+        self._journal.flush()
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    # persistence -------------------------------------------------------------------------------
+    def flush(self) -> None:
+        self.data["cells"] = self.cells
+        self.data["throughput"] = self.rows
+        tmp = self.path.with_name(f".{RESULTS}.{os.getpid()}.tmp")
+        tmp.write_text(dumps(self.data), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+
+def _read_journal(path: Path):
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that cell is simply redone
+
+
+def load(path: str | Path) -> dict:
+    """Read a results file; ValueError with a one-line reason when it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"results: {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"results: {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"results: {path} is not an xent-harness results file")
+    if data.get("schema_version", 0) > SCHEMA_VERSION:
+        raise ValueError(f"results: {path} has schema_version {data['schema_version']}; upgrade xent-harness")
+    return data
+
+
+def argv_command(argv: list[str]) -> str:
+    import shlex
+
+    return "xent-harness " + " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,143 @@
+"""Call an implementation, in this process or isolated in a subprocess, with fault isolation.
+
+In-process calls (the default for built-ins) turn any exception into a :class:`CallFailed`.
+Isolated calls (``--isolate``, the default for ``--impl`` plugins) run in a child process that
+loads the implementation itself; a call that exceeds the timeout kills the child, and a child that
+dies (a segfault, os._exit) is reported with its exit code. Either way the sweep records an error
+cell and goes on; the next call starts a fresh child.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+import traceback
+
+import numpy as np
+
+from harness import registry
+from harness.problem import Problem
+
+
+class CallFailed(Exception):
+    """The implementation raised, hung or crashed; the message says which, in one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def locator(entry: registry.Entry) -> tuple[str, str]:
+    """How a child process finds the same implementation again."""
+    if "spec" in entry.extra:
+        return ("spec", entry.extra["spec"])
+    if entry.origin == "builtin":
+        return ("builtin", entry.name)
+    return ("entry_point", entry.name)
+
+
+def _load(how: tuple[str, str]) -> registry.Implementation:
+    kind, value = how
+    if kind == "spec":
+        return registry.load_spec(value)
+    for e in registry.discover():
+        if e.name == value and e.impl is not None:
+            return e.impl
+    raise registry.ImplementationError(f"cannot load {value!r} in the child process")
+
+
+def _child(conn, how):
+    try:
+        impl = _load(how)
+    except Exception as exc:
+        conn.send(("err", f"failed to load: {_one_line(exc)}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            op, problem = conn.recv()
+        except EOFError:
+            return
+        try:
+            out = impl.loss(problem) if op == "loss" else impl.grad(problem)
+            conn.send(("ok", np.asarray(out)))
+        except Exception as exc:
+            conn.send(("err", _one_line(exc)))
+
+
+class Runner:
+    """Runs ``loss``/``grad`` of one implementation."""
+
+    def __init__(self, entry: registry.Entry, *, isolate: bool = False, timeout: float = 60.0):
+        self.entry = entry
+        self.impl = entry.impl
+        self.isolate = isolate
+        self.timeout = timeout
+        self._proc = None
+        self._conn = None
+
+    def call(self, op: str, problem: Problem) -> np.ndarray:
+        if not self.isolate:
+            try:
+                return np.asarray(self.impl.loss(problem) if op == "loss" else self.impl.grad(problem))
+            except Exception as exc:
+                raise CallFailed(_one_line(exc)) from exc
+        return self._call_isolated(op, problem)
+
+    # -- isolation -------------------------------------------------------------------------------
+    def _start(self):
+        ctx = mp.get_context("spawn")  # a clean interpreter: no inherited threads or CUDA state
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_child, args=(child, locator(self.entry)), daemon=True)
+        proc.start()
+        child.close()
+        if not parent.poll(max(self.timeout, 60.0)):
+            proc.kill()
+            raise CallFailed("isolated worker did not start")
+        status, msg = parent.recv()
+        if status != "ready":
+            proc.kill()
+            raise CallFailed(msg)
+        self._proc, self._conn = proc, parent
+
+    def _kill(self):
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(5)
+        self._proc = self._conn = None
+
+    def _call_isolated(self, op: str, problem: Problem) -> np.ndarray:
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        t0 = time.monotonic()
+        try:
+            self._conn.send((op, problem))
+            if not self._conn.poll(self.timeout):
+                self._kill()
+                raise CallFailed(f"timed out after {self.timeout:g} s (killed)")
+            status, payload = self._conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
+            proc = self._proc
+            if proc is not None:
+                proc.join(5)
+            code = proc.exitcode if proc is not None else None
+            self._kill()
+            if code is not None and code < 0:
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:
+                    name = f"signal {-code}"
+                raise CallFailed(f"crashed the interpreter ({name}) after {time.monotonic() - t0:.1f} s") from None
+            raise CallFailed(f"worker process died (exit code {code})") from None
+        if status != "ok":
+            raise CallFailed(payload)
+        return payload
+
+    def close(self):
+        self._kill()
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).strip()

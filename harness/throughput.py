@@ -1,0 +1,152 @@
+"""The throughput sweep: time forward and forward+backward, report GB/s against a same-run copy.
+
+Bytes follow the minimal-bytes model: a forward pass must read the logits once (N·C·b bytes);
+a fused forward+backward must also write the gradient (2·N·C·b). The practical ceiling is a copy
+(read + write) of the same bytes on the same device, measured in the same run, so
+``fraction_of_copy`` compares like with like on a noisy machine.
+
+Timing: ``prepare()`` moves inputs to the device and compiles (untimed); the callable it returns
+synchronizes the device itself. After warm-up, each of ``repeats`` samples times enough calls to
+last ``min_sample_s``; we keep the median and the IQR, and flag IQR/median > 10 % as noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness import registry
+from harness.formats import FORMATS
+from harness.problem import Problem
+from harness.results import Results
+
+#: (N, C): LLM-like vocabularies scaled to a 2-core machine; each is 4-8 M logits.
+GRID = ((4096, 1024), (256, 32768), (32, 262144))
+QUICK_GRID = ((512, 1024), (16, 32768))
+PASSES = ("forward", "forward+backward")
+NOISY = 0.10
+
+
+@dataclass
+class Timing:
+    median_s: float
+    iqr_s: float
+    repeats: int
+    calls: int
+
+    @property
+    def noisy(self) -> bool:
+        return self.iqr_s > NOISY * self.median_s
+
+
+def measure(fn: Callable[[], object], *, repeats: int = 7, min_sample_s: float = 0.02, warmup: int = 2) -> Timing:
+    """Median and IQR of one call of ``fn`` (which must synchronize its device)."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    calls = max(1, int(min_sample_s / once))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - t0) / calls)
+    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+    return Timing(float(med), float(q3 - q1), repeats, calls)
+
+
+def peak_memory(fn: Callable[[], object]) -> int | None:
+    """Peak resident memory added by one call, from Linux's VmHWM after resetting it
+    (/proc/self/clear_refs); None where that is not available."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        before = _status("VmRSS")
+        fn()
+        return max(0, _status("VmHWM") - before)
+    except OSError:
+        return None
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(key)
+
+
+def cpu_copy(nbytes: int) -> Callable[[], None]:
+    src = np.ones(nbytes, dtype=np.uint8)
+    dst = np.empty_like(src)
+    return lambda: np.copyto(dst, src)
+
+
+def problem_for(N: int, C: int, dtype: str, seed: int = 0) -> Problem:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C), dtype=np.float32) * 3
+    return Problem(x.astype(FORMATS[dtype].dtype), rng.integers(0, C, N))
+
+
+def threads() -> int:
+    return int(os.environ.get("XENT_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def run(entries: list[registry.Entry], dtypes: list[str], results: Results, *, quick: bool = False,
+        grid=None, repeats: int = 7, log: Callable[[str], None] = print, progress=None) -> None:
+    grid = grid or (QUICK_GRID if quick else GRID)
+    copies = {(c["dtype"], c["N"], c["C"]): c for c in results.data.get("copy", [])}
+    nthreads = threads()
+    total = len(grid) * len(dtypes) * len(entries) * len(PASSES)
+    bar = progress(total) if progress else None
+    for N, C in grid:
+        for dtype in dtypes:
+            b = FORMATS[dtype].itemsize
+            if (dtype, N, C) not in copies:
+                fwd_bytes = N * C * b
+                t = measure(cpu_copy(fwd_bytes), repeats=repeats)
+                copies[(dtype, N, C)] = {"device": "cpu", "dtype": dtype, "N": N, "C": C, "bytes": fwd_bytes,
+                                         "median_s": t.median_s, "gbps": 2 * fwd_bytes / t.median_s / 1e9}
+                results.data["copy"] = list(copies.values())
+            copy_gbps = copies[(dtype, N, C)]["gbps"]
+            problem = None
+            for entry in entries:
+                for pass_ in PASSES:
+                    key = (entry.name, dtype, N, C, pass_)
+                    if bar:
+                        bar.update(1)
+                    if results.has_row(key):
+                        continue
+                    problem = problem or problem_for(N, C, dtype)
+                    results.add_row(_row(entry, problem, pass_, copy_gbps, nthreads, repeats))
+    if bar:
+        bar.close()
+
+
+def _row(entry: registry.Entry, problem: Problem, pass_: str, copy_gbps: float, nthreads: int, repeats: int) -> dict:
+    impl = entry.impl
+    N, C = problem.logits.shape
+    nbytes = N * C * problem.dtype.itemsize * (1 if pass_ == "forward" else 2)
+    row = {"impl": entry.name, "dtype": problem.dtype.name, "N": N, "C": C, "pass": pass_,
+           "device": impl.device, "threads": nthreads, "bytes": nbytes, "status": "ok", "message": None}
+    reason = impl.supports(problem)
+    if pass_ == "forward+backward" and not impl.has_grad:
+        reason = f"{entry.name} provides no gradient"
+    if reason:
+        return row | {"status": "unsupported", "message": reason}
+    try:
+        fn = impl.prepare(problem, backward=pass_ == "forward+backward")
+        t = measure(fn, repeats=repeats)
+        mem = peak_memory(fn) if impl.device == "cpu" else getattr(impl, "peak_memory", lambda f: None)(fn)
+    except Exception as exc:
+        return row | {"status": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    gbps = nbytes / t.median_s / 1e9
+    return row | {"repeats": t.repeats, "calls": t.calls, "median_s": t.median_s, "iqr_s": t.iqr_s,
+                  "noisy": t.noisy, "gbps": gbps, "copy_gbps": copy_gbps,
+                  "fraction_of_copy": gbps / copy_gbps, "peak_memory_bytes": mem}
