@@ -199,8 +199,9 @@ def _execute(args, kinds: tuple[str, ...], *, timing: bool, report: bool, gate: 
             sweeps.run(plan, res, log=log, progress=progress)
         t_acc = time.monotonic() - t0
         if timing:
-            log(f"throughput: {len(chosen)} implementations x {len(dtypes)} dtypes, {'quick' if args.quick else 'full'} grid")
-            throughput.run(chosen, dtypes, res, quick=args.quick, log=log, progress=progress)
+            timed = dtypes if args.dtype else list(throughput.DEFAULT_DTYPES)
+            log(f"throughput: {len(chosen)} implementations x {', '.join(timed)}, {'quick' if args.quick else 'full'} grid")
+            throughput.run(chosen, timed, res, quick=args.quick, log=log, progress=progress)
     except KeyboardInterrupt:
         res.close()
         log(f"interrupted: finished cells are saved; continue with --resume --out {out}")

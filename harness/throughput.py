@@ -28,6 +28,8 @@ from harness.results import Results
 GRID = ((4096, 1024), (256, 32768), (32, 262144))
 QUICK_GRID = ((512, 1024), (16, 32768))
 PASSES = ("forward", "forward+backward")
+#: dtypes timed when none is named: the training formats (float16 and float64 on request).
+DEFAULT_DTYPES = ("float32", "bfloat16")
 NOISY = 0.10
 
 
@@ -43,14 +45,18 @@ class Timing:
         return self.iqr_s > NOISY * self.median_s
 
 
-def measure(fn: Callable[[], object], *, repeats: int = 7, min_sample_s: float = 0.02, warmup: int = 2) -> Timing:
-    """Median and IQR of one call of ``fn`` (which must synchronize its device)."""
-    for _ in range(warmup):
-        fn()
+def measure(fn: Callable[[], object], *, repeats: int = 7, min_sample_s: float = 0.02,
+            budget_s: float = 1.5) -> Timing:
+    """Median and IQR of one call of ``fn`` (which must synchronize its device).
+
+    One warm-up call (``prepare`` has already compiled), then ``repeats`` samples of enough calls
+    to last ``min_sample_s`` each; slow calls get fewer samples (never under 3) so one row costs
+    about ``budget_s``."""
     t0 = time.perf_counter()
     fn()
     once = max(time.perf_counter() - t0, 1e-7)
     calls = max(1, int(min_sample_s / once))
+    repeats = max(3, min(repeats, int(budget_s / (once * calls))))
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
