@@ -247,8 +247,13 @@ def _write_report(data: dict, out, log) -> None:
     except ImportError as exc:
         log(f"report: skipped ({exc}); install the 'report' extra")
         return
-    report.write_html(data, out / "report.html")
-    md = report.render_markdown(data)
+    try:
+        report.write_html(data, out / "report.html")
+        md = report.render_markdown(data)
+    except Exception as exc:  # the results are saved; say so and keep the run's verdict
+        log(f"report: failed ({type(exc).__name__}: {exc}); results are intact, retry with "
+            f"`xent-harness report {out / 'results.json'}`")
+        return
     (out / "summary.md").write_text(md)
     report.append_github_summary(md)
 

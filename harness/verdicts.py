@@ -77,6 +77,7 @@ def judge(problem: Problem, quantity: str, y: np.ndarray, hi: np.ndarray, lo: np
                       "ulp": _py(ulps[i]), "scaled": _py(scaled[i])}
     status, message = "pass", None
     bad = int(np.count_nonzero(~ok))
+    m["failing"] = bad
     if bad:
         status = "fail"
         w = m["worst"]

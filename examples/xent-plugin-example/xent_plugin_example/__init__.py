@@ -45,7 +45,7 @@ class LogSumExp:
         return np.asarray(total, dtype=dtype)
 
     def grad(self, logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
-        x, p, tt, wy, _, kept = self._parts(logits, target, weight, ignore_index)
+        _, p, tt, wy, _, kept = self._parts(logits, target, weight, ignore_index)
         g = wy[:, None] * p
         g[np.arange(len(tt)), tt] -= wy
         if reduction == "mean":
