@@ -12,6 +12,14 @@ strings ``"inf"``, ``"-inf"``, ``"nan"`` of the JSON file or Python floats). Out
 * :func:`findings`: plain-language sentences about the most important failures and surprises;
 * :func:`compare`: per-cell error changes and per-row speed changes against a baseline.
 
+Known failures (cells the sweep engine marked with ``"known": reason`` because they match a
+``[[tool.xent-harness.known-failures]]`` entry) are shown everywhere, never hidden, but apart
+from the new ones: counted under "known" (not fail/error), a ✗ₖ in the matrices, "KNOWN" with
+their reason in the findings, "fail (known)" / "error (known)" in the details, their own
+Markdown section. The verdict is the file's ``summary.verdict`` (canaries expected to fail,
+known failures not gating). Cells' ``failing`` metric (elements outside the budgets) appears
+in the findings ("12 of 32 losses") and the details ("outside").
+
 Plots are rendered with matplotlib (imported lazily, Agg canvas, no pyplot state) as SVG with
 text kept as text, a fixed hash salt and no date, so the same results give the same bytes.
 The page is rendered from ``harness/templates/report.html`` (Jinja2, autoescaped,
@@ -28,6 +36,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -43,6 +52,9 @@ __all__ = [
 ]
 
 STATUSES = ("pass", "fail", "error", "unsupported")
+#: Per-implementation counts: a failing or erroring cell that matches a known failure
+#: (``[[tool.xent-harness.known-failures]]``) is counted as "known", not as "fail" / "error".
+COUNT_KEYS = (*STATUSES, "known")
 KINDS = ("accuracy", "gradient", "special")
 DTYPE_ORDER = ("float16", "bfloat16", "float32", "float64")
 DTYPE_SHORT = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
@@ -67,16 +79,20 @@ SYMBOL = {
     "pass": "✓",
     "fail": "✗",
     "error": "!",
+    "known": "✗ₖ",
     "unsupported": "–",
     "unavailable": "⊘",
+    "skipped": "○",
     "none": "",
 }
 STATUS_WORD = {
     "pass": "pass",
     "fail": "fail",
     "error": "error",
+    "known": "known failure",
     "unsupported": "not supported",
     "unavailable": "unavailable",
+    "skipped": "skipped",
     "none": "no cells",
 }
 
@@ -122,6 +138,9 @@ def fmt_num(x, sig: int = 3) -> str:
         return "0"
     if x == int(x) and abs(x) < 1e5:
         return str(int(x))
+    if 1e-3 <= abs(x) < 1e5:  # no exponent where plain digits are as short: 640, not 6.4e2
+        r = float(f"{x:.{sig}g}")
+        return str(int(r)) if r == int(r) else f"{r:.{sig}g}"
     s = f"{x:.{sig}g}"
     return re.sub(r"e([+-])0*(\d+)", lambda m: "e" + ("-" if m[1] == "-" else "") + m[2], s)
 
@@ -239,20 +258,22 @@ class _Run:
                 self.impls.append({"name": c["impl"], "available": True})
         per: dict[str, Counter] = defaultdict(Counter)
         for c in self.cells:
-            per[c["impl"]][c["status"]] += 1
+            per[c["impl"]]["known" if c["known"] else c["status"]] += 1
         for i in self.impls:
             i["name"] = str(i["name"])
             given = i.get("counts") if isinstance(i.get("counts"), Mapping) else {}
             # the cells are the truth (a killed run's listing may lag); else the file's counts
             counts = {k: int(per[i["name"]][k] if self.cells else _num(given.get(k)) or 0)
-                      for k in STATUSES}
+                      for k in COUNT_KEYS}
             i["counts"] = counts
             i["canary"] = bool(i.get("canary"))
             i["available"] = i.get("available", True) is not False
+            i["ran"] = bool(per[i["name"]]) or (not self.cells and sum(counts.values()) > 0)
             if not i.get("verdict"):
                 i["verdict"] = ("unavailable" if not i["available"] else
                                 "fail" if counts["fail"] else
                                 "error" if counts["error"] else "pass")
+            i["verdict"] = str(i["verdict"])
         self.impl = {i["name"]: i for i in self.impls}
         palette = iter(PALETTE * 4)
         self.color: dict[str, str] = {}
@@ -274,6 +295,8 @@ class _Run:
         self.throughput = [self._tp(t) for t in r.get("throughput") or [] if isinstance(t, Mapping)]
         self.copy = [self._tp(t) for t in r.get("copy") or [] if isinstance(t, Mapping)]
         self.summary = dict(r.get("summary") or {})
+        self.known_failures = [dict(k) for k in r.get("known_failures") or []
+                               if isinstance(k, Mapping)]
         self.by_key = {(c["impl"], c["dtype"], c["scenario"], c["kind"]): c for c in self.cells}
 
     def _cell(self, c: Mapping) -> dict:
@@ -290,12 +313,15 @@ class _Run:
             "kind": str(c.get("kind", "accuracy")),
             "status": c.get("status") if c.get("status") in STATUSES else "error",
             "message": None if c.get("message") is None else str(c.get("message")),
+            "known": None,
             "metrics": _decode(metrics) if isinstance(metrics, Mapping) else None,
             "budget": {k: _num(v) for k, v in (c.get("budget") or {}).items()},
             "family": str(s.get("family") or scen.rsplit("-", 1)[0] or "?"),
             "axis": axis,
             "seconds": _num(c.get("seconds")),
         }
+        if c.get("known") and out["status"] in ("fail", "error"):
+            out["known"] = str(c["known"]) if c["known"] is not True else "known failure"
         out["id"] = cell_id(out["impl"], out["dtype"], out["kind"], scen)
         return out
 
@@ -318,20 +344,26 @@ class _Run:
         return bool(self.impl.get(impl, {}).get("canary"))
 
     def available_impls(self) -> list[dict]:
+        """The implementations this run tested: available ones, less those it left out
+        (``check`` skips the canary), plus any with cells."""
         have = {c["impl"] for c in self.cells}
-        return [i for i in self.impls if i["available"] or i["name"] in have]
+        return [i for i in self.impls if i["name"] in have
+                or (i["available"] and i["verdict"] != "skipped")]
 
     def verdict(self) -> str:
+        """The run's verdict: ``summary.verdict`` (canaries expected to fail, known failures
+        not gating), else recomputed the same way from the cells."""
         v = self.summary.get("verdict")
         if v in ("pass", "fail"):
             return v
-        bad = any(c["status"] in ("fail", "error") and not self.is_canary(c["impl"])
-                  for c in self.cells)
+        bad = any(c["status"] in ("fail", "error") and not c["known"]
+                  and not self.is_canary(c["impl"]) for c in self.cells)
         return "fail" if bad else "pass"
 
     def counts(self) -> dict[str, int]:
-        got = Counter(c["status"] for c in self.cells)
-        return {k: got[k] for k in STATUSES}
+        """Cells per status; known failures and errors under "known" only."""
+        got = Counter("known" if c["known"] else c["status"] for c in self.cells)
+        return {k: got[k] for k in COUNT_KEYS}
 
 
 def _decode(obj):
@@ -395,23 +427,30 @@ def _subject(run: _Run, impl: str, dtypes: Iterable[str]) -> str:
 def findings(results) -> list[dict]:
     """The most important failures and surprises as sentences, worst first.
 
-    Each finding: ``text`` (one sentence), ``severity`` (fail | error | special | surprise |
-    canary), ``rank`` (smaller is worse), ``impl``, ``dtypes``, ``kind``, ``scenario`` (the
-    example the sentence names), ``anchor`` (the id of its row in the HTML report),
-    ``cells`` (how many cells it summarises) and ``canary`` (True for the canary's own).
+    Each finding: ``text`` (one sentence), ``severity`` (fail | error | special | known |
+    surprise | canary), ``rank`` (smaller is worse), ``impl``, ``dtypes``, ``kind``,
+    ``scenario`` (the example the sentence names), ``anchor`` (the id of its row in the HTML
+    report), ``cells`` (how many cells it summarises), ``canary`` (True for the canary's own)
+    and ``known`` (the documented reason of a known failure, else None).
+
+    Known failures (cells matching ``[[tool.xent-harness.known-failures]]``) stay findings,
+    with severity "known" and their reason, ranked after the new failures and errors.
     """
     run = _as_run(results)
     out: list[dict] = []
 
     def add(severity, rank, text, *, impl, dtypes=(), kind=None, scenario=None, anchor=None,
-            cells=1):
+            cells=1, known=None):
         canary = run.is_canary(impl) if impl else False
-        if canary and severity in ("fail", "error", "special"):
+        if known and severity in ("fail", "error", "special"):
+            severity, rank = "known", (3, *rank[1:])
+        elif canary and severity in ("fail", "error", "special"):
             text += " — the canary, expected to fail"
             severity, rank = "canary", (5, *rank[1:])
         out.append({"severity": severity, "rank": rank, "text": text, "impl": impl,
                     "dtypes": sorted(set(dtypes), key=_dtype_key), "kind": kind,
-                    "scenario": scenario, "anchor": anchor, "cells": cells, "canary": canary})
+                    "scenario": scenario, "anchor": anchor, "cells": cells, "canary": canary,
+                    "known": known})
 
     # 0. a canary that passes: the harness missed a deliberately broken implementation
     for i in run.impls:
@@ -433,18 +472,18 @@ def findings(results) -> list[dict]:
         mode = _mode(run, c)[0]
         if c["axis"] is not None:
             fam_cells = (c["impl"], c["kind"], c["family"], c["dtype"])
-            key = ("axis", c["impl"], c["kind"], mode, c["family"], fam_cells)
+            key = ("axis", c["impl"], c["kind"], mode, c["family"], c["known"], fam_cells)
         else:
-            key = ("scen", c["impl"], c["kind"], mode, c["scenario"], None)
+            key = ("scen", c["impl"], c["kind"], mode, c["scenario"], c["known"], None)
         groups[key].append(c)
     merged: dict[tuple, list[dict]] = defaultdict(list)
     for key, cs in groups.items():
         where = ""
         if key[0] == "axis":
-            where = _axis_phrase(list(tested[key[5]]), [c["axis"][1] for c in cs],
+            where = _axis_phrase(list(tested[key[6]]), [c["axis"][1] for c in cs],
                                  cs[0]["axis"][0])
-        merged[(*key[:5], where)].extend(cs)
-    for (scope, impl, kind, mode, _, where), cs in merged.items():
+        merged[(*key[:6], where)].extend(cs)
+    for (scope, impl, kind, mode, _, known, where), cs in merged.items():
         cs.sort(key=lambda c: (_dtype_key(c["dtype"]), c["axis"][1] if c["axis"] else 0.0))
         worst = max(cs, key=lambda c: _log(run.m(c, "ulp_max")))
         example = cs[0] if scope == "axis" else worst
@@ -474,11 +513,12 @@ def findings(results) -> list[dict]:
                 what += f": {_value(wy)} where the true {q} is {_value(wref)}"
         dtypes = [c["dtype"] for c in cs]
         text = (f"{_subject(run, impl, dtypes)} {what}{' ' + where if where else ''} "
-                f"(scenario {example['scenario']})")
+                f"(scenario {example['scenario']}{_share(run, example)})")
         mag = math.inf if mode in ("nan", "inf") else (run.m(worst, "ulp_max") or 0.0)
         tier_mode = {"nan": 0, "inf": 1, "zero": 2, "off": 3}[mode]
         add("fail", (1, tier_mode, -_log(mag), -len(cs)), text, impl=impl, dtypes=dtypes,
-            kind=kind, scenario=example["scenario"], anchor=example["id"], cells=len(cs))
+            kind=kind, scenario=example["scenario"], anchor=example["id"], cells=len(cs),
+            known=known)
 
     # 2. special-value mismatches: per implementation and scenario, dtypes merged
     sgroups: dict[tuple, list[dict]] = defaultdict(list)
@@ -486,8 +526,11 @@ def findings(results) -> list[dict]:
         if c["kind"] != "special" or c["status"] != "fail":
             continue
         ex = ((c["metrics"] or {}).get("examples") or [{}])[0]
-        sgroups[(c["impl"], c["scenario"], _value(ex.get("y")), _value(ex.get("ref")))].append(c)
-    for (impl, scen, y, ref), cs in sgroups.items():
+        if not isinstance(ex, Mapping):
+            ex = {}
+        sgroups[(c["impl"], c["scenario"], _value(ex.get("y")), _value(ex.get("ref")),
+                 c["known"])].append(c)
+    for (impl, scen, y, ref, known), cs in sgroups.items():
         c0 = cs[0]
         mism = int(run.m(c0, "mismatch") or 0)
         count = int(run.m(c0, "count") or 0)
@@ -499,25 +542,25 @@ def findings(results) -> list[dict]:
                 f"inf/NaN positions (scenario {scen})")
         add("special", (1, 1.5, -float(mism), -len(cs)), text, impl=impl,
             dtypes=[c["dtype"] for c in cs], kind="special", scenario=scen, anchor=c0["id"],
-            cells=len(cs))
+            cells=len(cs), known=known)
 
     # 3. errors: per implementation and message
     egroups: dict[tuple, list[dict]] = defaultdict(list)
     for c in run.cells:
         if c["status"] == "error":
-            msg = (c["message"] or "unknown error").strip().splitlines()[0][:200]
-            egroups[(c["impl"], msg)].append(c)
-    for (impl, msg), cs in egroups.items():
+            msg = ((c["message"] or "").strip().splitlines() or ["unknown error"])[0][:200]
+            egroups[(c["impl"], msg, c["known"])].append(c)
+    for (impl, msg, known), cs in egroups.items():
         scen = sorted({c["scenario"] for c in cs})
         dts = [c["dtype"] for c in cs]
         cells = f"{len(cs)} cell{'s' if len(cs) != 1 else ''}"
         text = (f"{_subject(run, impl, dts)} raises an error in {cells} (scenario "
                 f"{_and(scen[:3])}{', …' if len(scen) > 3 else ''}): {msg}")
         add("error", (2, -float(len(cs))), text, impl=impl, dtypes=dts, kind=cs[0]["kind"],
-            scenario=cs[0]["scenario"], anchor=cs[0]["id"], cells=len(cs))
+            scenario=cs[0]["scenario"], anchor=cs[0]["id"], cells=len(cs), known=known)
     for t in run.throughput:
         if t["status"] == "error":
-            msg = (str(t.get("message") or "unknown error")).strip().splitlines()[0][:200]
+            msg = (str(t.get("message") or "").strip().splitlines() or ["unknown error"])[0][:200]
             text = (f"{t['impl']} {t.get('dtype')} throughput ({t.get('pass')}, "
                     f"{fmt_num(t.get('N'))}×{fmt_num(t.get('C'))}) raises an error: {msg}")
             add("error", (2, 0.0), text, impl=t["impl"], dtypes=[str(t.get("dtype"))],
@@ -556,7 +599,8 @@ def findings(results) -> list[dict]:
         if len(dtypes) > 1:
             how += f" in {worst['dtype']}"
         detail = [f"scenario {worst['scenario']}"]
-        if y is not None and ref is not None:
+        w_ulp = _num(((worst["metrics"] or {}).get("worst") or {}).get("ulp"))
+        if y is not None and ref is not None and (w_ulp is None or w_ulp >= u / 2):
             detail.insert(0, f"{_value(y)} where the true {KIND_WORDS.get(kind, kind)} is {_value(ref)}")
         if len(cs) > 1:
             detail.append(f"{len(cs)} cells in {fam}")
@@ -569,6 +613,15 @@ def findings(results) -> list[dict]:
 
     out.sort(key=lambda f: (f["rank"], f["text"]))
     return out
+
+
+def _share(run: _Run, c: dict) -> str:
+    """": 12 of 32 losses" (elements outside the budget) when the cell has more than one."""
+    failing, count = run.m(c, "failing"), run.m(c, "count")
+    if not (_finite(failing) and _finite(count)) or count <= 1 or failing <= 0:
+        return ""
+    noun = "losses" if c["kind"] == "accuracy" else "gradient entries"
+    return f": {fmt_num(failing)} of {fmt_num(count)} {noun}"
 
 
 def _log(x: float | None) -> float:
@@ -743,7 +796,11 @@ def _svg(fig, salt: str) -> str:
     s = re.sub(r"<metadata>.*?</metadata>\s*", "", s, flags=re.S)
     s = re.sub(r"font-family:[^;\"]*;?\s*", "", s)  # the page's CSS sets the font
     s = re.sub(r'<svg ([^>]*?)width="[^"]*" height="[^"]*"', r'<svg \1', s, count=1)
-    s = s.replace("<svg ", f'<svg class="plot" role="img" aria-label="{salt} plot" ', 1)
+    # never wider than its natural size (CSS: 96 px per inch): a one-panel figure stretched
+    # to the page's width would have three-times-larger text than its neighbours
+    natural = round(fig.get_size_inches()[0] * 96)
+    s = s.replace("<svg ", f'<svg class="plot" role="img" aria-label="{salt} plot" '
+                           f'style="max-width: {natural}px" ', 1)
     return _minify_svg(s)
 
 
@@ -773,6 +830,21 @@ def _minify_svg(s: str) -> str:
     s = re.sub(r'<g((?: clip-path="[^"]*")?)>((?:<use [^>]*/>)+)</g>', _hoist, s)
     return re.sub(r' style="([^"]*)"',
                   lambda m: ' style="' + re.sub(r"\s*([:;])\s*", r"\1", m[1]).rstrip(";") + '"', s)
+
+
+FAIL_MARK = "#1f2328"
+KNOWN_MARK = "#4b5d80"
+
+
+def _nonfinite_out(c: dict) -> bool:
+    """The cell's worst output is inf/NaN where the reference is finite, or some output is
+    non-finite where the reference is not (its ULP figure then measures a clamped value)."""
+    m = c["metrics"] or {}
+    w = m.get("worst") if isinstance(m.get("worst"), Mapping) else {}
+    y, ref = _num(w.get("y")), _num(w.get("ref"))
+    if y is not None and not math.isfinite(y) and _finite(ref):
+        return True
+    return (_num(m.get("nonfinite_mismatch")) or 0) > 0
 
 
 def _label(name: str, n: int = 38) -> str:
@@ -832,7 +904,7 @@ class _Plotter:
     # -- helpers
 
     def _figure(self, ncols: int, nrows: int, impls: list[str], extra: list,
-                panel_h: float = 2.5):
+                panel_h: float = 2.5, xlabel_h: float = 0.52):
         """A figure with a fixed, computed layout (no layout engine: half the drawing time):
         the legend on top in as many columns as fit, panels below, nothing overlapping."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -849,11 +921,16 @@ class _Plotter:
             handles.append(h)
             labels.append(lab)
         width = 12.0 if ncols > 2 else (11.0 if ncols == 2 else 6.5)
-        # DejaVu Sans 9 pt: ~0.075 in per character; handle + padding + spacing ~0.62 in
-        colw = 0.62 + 0.075 * max(len(lab) for lab in labels)
-        ncol = max(1, min(len(labels), int((width - 0.3) // colw)))
+        # DejaVu Sans 9 pt: ~0.075 in per character; handle + padding + spacing ~0.62 in.
+        # One row when every entry fits (columns as wide as their own labels), else a grid
+        # of columns as wide as the longest label.
+        widths = [0.62 + 0.075 * len(lab) for lab in labels]
+        if sum(widths) <= width - 0.3:
+            ncol = len(labels)
+        else:
+            ncol = max(1, min(len(labels), int((width - 0.3) // max(widths))))
         lrows = math.ceil(len(labels) / ncol)
-        legend_h, title_h, xlabel_h = 0.1 + 0.2 * lrows, 0.36, 0.52
+        legend_h, title_h = 0.1 + 0.2 * lrows, 0.36
         height = legend_h + nrows * (panel_h + title_h) + (nrows - 1) * xlabel_h + xlabel_h
         left, right, gap = 0.9, 0.25, 0.34
         panel_w = (width - left - right - gap * (ncols - 1)) / ncols
@@ -894,7 +971,7 @@ class _Plotter:
         dtypes = [d for d in run.dtypes if any(c["dtype"] == d for c in cells)]
         impls = self._impls_with(cells)
         floor = 1e-3
-        vals = [run.m(c, "ulp_max") for c in cells if c["metrics"]]
+        vals = [run.m(c, "ulp_max") for c in cells if c["metrics"] and not _nonfinite_out(c)]
         finite = [v for v in vals if _finite(v)]
         budgets = [c["budget"].get("ulp") or 0 for c in cells]
         top = max([*finite, *budgets, 10.0])
@@ -903,9 +980,13 @@ class _Plotter:
         xs_all = sorted({c["axis"][1] for c in cells})
         extra = [(Line2D([], [], color="#57606a", linestyle=(0, (2, 2)), linewidth=1.0),
                   "strict ULP budget")]
-        if any(c["status"] == "fail" for c in cells):
-            extra.append((Line2D([], [], linestyle="none", marker="x", color="#1f2328",
+        if any(c["status"] == "fail" and not c["known"] for c in cells):
+            extra.append((Line2D([], [], linestyle="none", marker="x", color=FAIL_MARK,
                                  markersize=7, markeredgewidth=1.6), "cell failed"))
+        if any(c["status"] == "fail" and c["known"] for c in cells):
+            extra.append((Line2D([], [], linestyle="none", marker="+", color=KNOWN_MARK,
+                                 markersize=9, markeredgewidth=1.8),
+                          "known failure (not gating)"))
         fig, axes = self._figure(len(dtypes), 1, impls, extra)
         for j, dtype in enumerate(dtypes):
             ax = axes[0][j]
@@ -914,26 +995,30 @@ class _Plotter:
                               if c["impl"] == name and c["dtype"] == dtype), key=lambda xc: xc[0])
                 if not pts:
                     continue
-                xs, ys, fx, fy = [], [], [], []
+                xs, ys, fx, fy, kx, ky = [], [], [], [], [], []
                 for x, c in pts:
                     v = run.m(c, "ulp_max") if c["metrics"] else None
                     if v is None:
                         xs.append(x)
                         ys.append(math.nan)
                         continue
-                    y = inf_y if not math.isfinite(v) else max(v, floor)
+                    y = inf_y if not math.isfinite(v) or _nonfinite_out(c) else max(v, floor)
                     xs.append(x)
                     ys.append(y)
                     if c["status"] == "fail":
-                        fx.append(x)
-                        fy.append(y)
+                        (kx if c["known"] else fx).append(x)
+                        (ky if c["known"] else fy).append(y)
                 tr = self._dodge(fig, ax, k, len(impls))
                 ax.plot(xs, ys, color=run.color[name], marker=run.marker[name],
                         markerfacecolor="white", markeredgewidth=1.3, linestyle=self._ls(name),
                         transform=tr, zorder=3, clip_on=False)
                 if fx:
-                    ax.plot(fx, fy, linestyle="none", marker="x", color="#1f2328",
+                    ax.plot(fx, fy, linestyle="none", marker="x", color=FAIL_MARK,
                             markersize=7, markeredgewidth=1.6, transform=tr, zorder=4,
+                            clip_on=False)
+                if kx:
+                    ax.plot(kx, ky, linestyle="none", marker="+", color=KNOWN_MARK,
+                            markersize=9, markeredgewidth=1.8, transform=tr, zorder=4,
                             clip_on=False)
             bud = run.budgets.get(dtype, {}).get("loss_ulp" if kind == "accuracy" else "grad_ulp")
             if bud is None:
@@ -1068,11 +1153,14 @@ class _Plotter:
     # -- (e): throughput
 
     def throughput(self) -> str | None:
+        """GB/s per problem shape: one category per (N, C), smallest first, as shapes of the
+        same size (the grid's 256×32768 and 32×262144) would share a point on a bytes axis;
+        the same run's copy bandwidth at that shape as a short black bar over each."""
         from matplotlib.lines import Line2D
 
         run = self.run
         rows = [t for t in run.throughput if t["status"] == "ok" and _finite(t.get("gbps"))
-                and _finite(t.get("bytes"))]
+                and _finite(t.get("N")) and _finite(t.get("C"))]
         if not rows:
             return None
         dtypes = sorted({str(t.get("dtype")) for t in rows}, key=_dtype_key)
@@ -1080,39 +1168,42 @@ class _Plotter:
                                                                      for t in rows)]
         passes += sorted({str(t.get("pass")) for t in rows} - set(passes))
         impls = self._impls_with(rows)
-        devices = sorted({str(c.get("device")) for c in run.copy})
-        extra = [(Line2D([], [], color="#1f2328", linestyle=(0, (5, 3)) if i == 0 else (0, (1, 2)),
-                         linewidth=1.3), f"copy bandwidth, {dev} (same run)")
-                 for i, dev in enumerate(devices)]
-        fig, axes = self._figure(len(passes), len(dtypes), impls, extra, panel_h=2.8)
-        ydata = [t["gbps"] for t in rows] + [c["gbps"] for c in run.copy if _finite(c.get("gbps"))]
+        shapes = sorted({(t["N"], t["C"]) for t in rows}, key=lambda nc: (nc[0] * nc[1], nc[1]))
+        where = {nc: k for k, nc in enumerate(shapes)}
+        copies = [c for c in run.copy if _finite(c.get("gbps"))]
+        devices = sorted({str(c.get("device")) for c in copies}
+                         & {str(t.get("device")) for t in rows})
+        styles = ("solid", (0, (1, 1)), (0, (3, 1)))
+        extra = [(Line2D([], [], color="#1f2328", linestyle=styles[i % 3], linewidth=2.2),
+                  f"copy bandwidth, {dev} (same run)") for i, dev in enumerate(devices)]
+        fig, axes = self._figure(len(passes), len(dtypes), impls, extra, panel_h=2.6,
+                                 xlabel_h=0.68)
+        ydata = [t["gbps"] for t in rows] + [c["gbps"] for c in copies
+                                             if str(c.get("device")) in devices]
         ylo = min(ydata) / 1.4
-        yhi = max(ydata) * 1.5
+        yhi = max(ydata) * 1.6
+        n = len(impls)
+        spread = min(0.56, 0.14 * (n - 1))  # impls side by side inside a category
         for r, dtype in enumerate(dtypes):
             for j, pas in enumerate(passes):
                 ax = axes[r][j]
-                sel = [t for t in rows if t.get("dtype") == dtype and t.get("pass") == pas]
-                sizes = sorted({(t["N"], t["C"]) for t in sel})
-                # the roofline: the same run's copy bandwidth on each device at these shapes
+                sel = [t for t in rows if str(t.get("dtype")) == dtype and t.get("pass") == pas]
                 for d_i, dev in enumerate(devices):
-                    pts = []
-                    for (n, c) in sizes:
-                        cp = [x for x in run.copy if x.get("device") == dev
-                              and str(x.get("dtype")) == dtype and x.get("N") == n
-                              and x.get("C") == c and _finite(x.get("gbps"))]
-                        tb = [t["bytes"] for t in sel if (t["N"], t["C"]) == (n, c)]
-                        if cp and tb:
-                            pts.append((tb[0], cp[0]["gbps"]))
-                    if pts and any(t.get("device") == dev for t in sel):
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="#1f2328",
-                                linestyle=(0, (5, 3)) if d_i == 0 else (0, (1, 2)),
-                                linewidth=1.3, zorder=2)
+                    for (nn, cc), x in where.items():
+                        cp = [c["gbps"] for c in copies if str(c.get("device")) == dev
+                              and str(c.get("dtype")) == dtype and c.get("N") == nn
+                              and c.get("C") == cc]
+                        if cp and any(t.get("device") == dev and (t["N"], t["C"]) == (nn, cc)
+                                      for t in sel):
+                            ax.hlines(cp[0], x - 0.36, x + 0.36, color="#1f2328",
+                                      linestyle=styles[d_i % 3], linewidth=2.2, zorder=2)
                 for k, name in enumerate(impls):
-                    pts = sorted(((t["bytes"], t) for t in sel if t["impl"] == name), key=lambda bt: bt[0])
+                    pts = sorted((where[(t["N"], t["C"])], t) for t in sel if t["impl"] == name)
                     if not pts:
                         continue
-                    xs = [p[0] for p in pts]
-                    ys = [p[1]["gbps"] for p in pts]
+                    dx = (k / (n - 1) - 0.5) * spread if n > 1 else 0.0
+                    xs = [x + dx for x, _ in pts]
+                    ys = [t["gbps"] for _, t in pts]
                     lo, hi = [], []
                     for _, t in pts:
                         med, iqr = t.get("median_s"), t.get("iqr_s")
@@ -1124,22 +1215,25 @@ class _Plotter:
                             hi.append(0.0)
                     ax.errorbar(xs, ys, yerr=[lo, hi], color=run.color[name],
                                 marker=run.marker[name], markerfacecolor="white",
-                                markeredgewidth=1.3, linestyle=self._ls(name), capsize=2.5,
-                                elinewidth=1.0, transform=self._dodge(fig, ax, k, len(impls)),
-                                zorder=3)
-                ax.set_xscale("log", base=2)
+                                markeredgewidth=1.3, linestyle="none", capsize=2.5,
+                                elinewidth=1.0, zorder=3)
                 ax.set_yscale("log")
                 ax.set_ylim(ylo / 1.3, yhi)
-                xt = sorted({t["bytes"] for t in sel})
-                if xt:
-                    ax.set_xticks(xt, [_bytes(b) for b in xt])
-                    ax.set_xlim(xt[0] / 1.6, xt[-1] * 1.6)
+                labels = []
+                for nn, cc in shapes:
+                    b = [t.get("bytes") for t in sel if (t["N"], t["C"]) == (nn, cc)]
+                    size = f"\n{_bytes(b[0])}" if b and _finite(b[0]) else ""
+                    labels.append(f"{fmt_num(nn)}×{fmt_num(cc)}{size}")
+                ax.set_xticks(range(len(shapes)), labels)
+                ax.set_xlim(-0.6, len(shapes) - 0.4)
+                ax.grid(axis="x", visible=False)
                 yt = _nice_log_ticks(ylo / 1.3, yhi)
                 ax.set_yticks(yt, [fmt_num(v) for v in yt] if j == 0 else [""] * len(yt))
                 ax.minorticks_off()
                 ax.set_title(f"{pas} · {dtype}")
-                ax.set_xlabel("bytes moved (minimal model: N·C·b forward, 2·N·C·b with backward)"
-                              if len(passes) < 2 else "bytes moved (minimal-bytes model)")
+                ax.set_xlabel("problem N×C and bytes moved (minimal model: N·C·b forward, "
+                              "2·N·C·b with backward)" if len(passes) < 2 else
+                              "problem N×C and bytes moved (minimal model)")
                 if j == 0:
                     ax.set_ylabel("throughput (GB/s)")
         return _svg(fig, "throughput")
@@ -1198,20 +1292,44 @@ def _environment():
     return env
 
 
+def _state(c: dict) -> str:
+    """A cell's status for display: a known failure or error is "known"."""
+    return "known" if c["known"] else c["status"]
+
+
 def _family_status(cells: list[dict]) -> str:
     if not cells:
         return "none"
-    st = {c["status"] for c in cells}
-    for s in ("fail", "error", "pass"):
+    st = {_state(c) for c in cells}
+    for s in ("fail", "error", "known", "pass"):
         if s in st:
             return s
     return "unsupported"
 
 
 def _cell_title(cells: list[dict]) -> str:
-    cnt = Counter(c["status"] for c in cells)
-    parts = [f"{cnt[s]} {STATUS_WORD[s]}" for s in STATUSES if cnt[s]]
-    return ", ".join(parts) if parts else "no cells"
+    cnt = Counter(_state(c) for c in cells)
+    parts = [f"{cnt[s]} {STATUS_WORD[s]}{'s' if s == 'known' and cnt[s] > 1 else ''}"
+             for s in ("pass", "fail", "error", "known", "unsupported") if cnt[s]]
+    text = ", ".join(parts) if parts else "no cells"
+    reasons = sorted({c["known"] for c in cells if c["known"]})
+    if reasons:
+        text += " (documented, not gating: " + "; ".join(_clip(r, 160) for r in reasons) + ")"
+    return text
+
+
+def _clip(s: str, n: int) -> str:
+    s = " ".join(str(s).split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _known_note(i: dict, cells: list[dict]) -> str:
+    n = i["counts"].get("known", 0)
+    if not n:
+        return ""
+    reasons = sorted({c["known"] for c in cells if c["impl"] == i["name"] and c["known"]})
+    head = f"{n} known failure{'s' if n != 1 else ''} (not gating)"
+    return head + (": " + "; ".join(_clip(r, 140) for r in reasons) if reasons else "")
 
 
 def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
@@ -1225,23 +1343,31 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
     impl_rows = []
     for i in run.impls:
         v = i["verdict"] if i["available"] else "unavailable"
-        note = ""
+        notes = []
         if not i["available"]:
-            note = str(i.get("reason") or "not available here")
+            notes.append(str(i.get("reason") or "not available here"))
+        elif v == "skipped":
+            notes.append(str(i.get("reason") or (
+                "canary: left out of this gate (name it with --impl to check it)"
+                if i["canary"] else "not run")))
         elif i["canary"]:
-            note = ("canary: deliberately broken, expected to fail" if v != "pass" else
-                    "canary passed: the harness missed a broken implementation")
+            notes.append("canary: deliberately broken, expected to fail" if v != "pass" else
+                         "canary passed: the harness missed a broken implementation")
         elif v == "error":
-            note = "raised errors (see findings)"
+            notes.append("raised errors (see findings)")
         elif v == "fail":
-            note = "failed budgets (see findings)"
+            notes.append("failed budgets (see findings)")
+        known_note = _known_note(i, run.cells)
+        c = i["counts"]
         impl_rows.append({
             "name": i["name"], "id": f"impl-{_slug(i['name'])}", "verdict": v,
-            "symbol": SYMBOL.get(v, "?"), "note": note, "canary": i["canary"],
+            "symbol": SYMBOL.get(v, "?"), "note": " · ".join(notes), "known_note": known_note,
+            "canary": i["canary"],
             "origin": str(i.get("origin") or ""), "description": str(i.get("description") or ""),
             "devices": ", ".join(map(str, i.get("devices") or [])),
             "dtypes": ", ".join(DTYPE_SHORT.get(d, str(d)) for d in i.get("dtypes") or []),
-            "counts": i["counts"], "color": run.color[i["name"]],
+            "counts": c, "color": run.color[i["name"]],
+            "ran": v not in ("unavailable", "skipped") or i["ran"],
             "expected": i["canary"] and v in ("fail", "error"),
         })
 
@@ -1256,7 +1382,7 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
             for d in dtypes:
                 cs = by_ifd.get((i["name"], fam, d), [])
                 st = _family_status(cs)
-                bad = sum(c["status"] == st for c in cs) if st in ("fail", "error") else 0
+                bad = sum(_state(c) == st for c in cs) if st in ("fail", "error", "known") else 0
                 row["cells"].append({"status": st, "symbol": SYMBOL[st], "n": bad,
                                      "title": _cell_title(cs)})
         matrix_rows.append(row)
@@ -1279,27 +1405,31 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
                                          "href": ""})
                     continue
                 mism, cnt = run.m(c, "mismatch"), run.m(c, "count")
-                text = SYMBOL[c["status"]]
+                st = _state(c)
+                text = ""
                 if c["status"] == "fail" and mism is not None:
-                    text += f" {fmt_num(mism)}/{fmt_num(cnt)}"
+                    text = f"{fmt_num(mism)}/{fmt_num(cnt)}"
                 title = STATUS_WORD[c["status"]]
                 if c["metrics"]:
-                    title = f"{fmt_num(mism)} of {fmt_num(cnt)} differ"
+                    title = f"{fmt_num(mism)} of {fmt_num(cnt)} inf/NaN positions differ"
                     ex = (c["metrics"].get("examples") or [])[:1]
-                    if ex and c["status"] == "fail":
+                    if ex and isinstance(ex[0], Mapping) and c["status"] == "fail":
                         title += f": y = {_value(ex[0].get('y'))}, reference " \
                                  f"{_value(ex[0].get('ref'))}"
                 elif c["message"]:
                     title += f": {c['message'][:120]}"
-                row["cells"].append({"status": c["status"], "text": text, "title": title,
-                                     "href": "#" + c["id"]})
+                if c["known"]:
+                    title = f"known failure (not gating): {_clip(c['known'], 200)}. {title}"
+                row["cells"].append({"status": st, "symbol": SYMBOL[st], "text": text,
+                                     "title": title, "href": "#" + c["id"]})
         special_rows.append(row)
 
     # -- throughput table
     tp_rows = []
     for t in sorted(run.throughput, key=lambda t: (
             [x["name"] for x in run.impls].index(t["impl"]) if t["impl"] in run.impl else 99,
-            _dtype_key(str(t.get("dtype"))), t.get("bytes") or 0, str(t.get("pass")))):
+            _dtype_key(str(t.get("dtype"))), str(t.get("pass")),
+            (t.get("N") or 0) * (t.get("C") or 0), t.get("C") or 0)):
         frac = t.get("fraction_of_copy")
         if not _finite(frac) and _finite(t.get("gbps")) and _finite(t.get("copy_gbps")) \
                 and t["copy_gbps"]:
@@ -1315,7 +1445,7 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
             if _finite(t.get("iqr_s")) and _finite(t.get("median_s")) and t["median_s"] else "",
             "gbps": _rate(t.get("gbps")), "copy_gbps": _rate(t.get("copy_gbps")),
             "frac": frac if _finite(frac) else None,
-            "frac_text": f"{frac * 100:.0f} %" if _finite(frac) else "–",
+            "frac_text": f"{fmt_num(frac * 100, 2)} %" if _finite(frac) else "–",
             "frac_width": f"{min(max(frac, 0.0), 1.0) * 100:.1f}" if _finite(frac) else "0",
             "peak": _bytes(t.get("peak_memory_bytes")), "noisy": bool(t.get("noisy")),
         })
@@ -1329,30 +1459,39 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
     dtype_ix = {d: k for k, d in enumerate(dtypes)}
     fam_ix = {f: k for k, f in enumerate(run.families)}
     kinds = list(KINDS) + sorted({c["kind"] for c in run.cells} - set(KINDS))
-    statuses = [*STATUSES, "pass (scaled)"]
+    # the status column: the four statuses, a pass by the scaled budget only, and the known
+    # failures and errors (documented in [[tool.xent-harness.known-failures]], not gating)
+    statuses = [*STATUSES, "pass (scaled)", "fail (known)", "error (known)"]
     msgs: dict[str, int] = {}
     budgets: dict[str, int] = {}
     rows = []
     for c in run.cells:
         m = c["metrics"] or {}
         msg = c["message"]
-        if msg is None and c["kind"] == "special" and m:
+        if msg is None and c["kind"] == "special" and m and c["status"] != "pass":
             msg = f"{fmt_num(m.get('mismatch'))} of {fmt_num(m.get('count'))} inf/NaN positions differ"
         mi = -1 if msg is None else msgs.setdefault(msg, len(msgs))
-        st = STATUSES.index(c["status"])
+        ki = -1 if not c["known"] else msgs.setdefault(c["known"], len(msgs))
+        st = statuses.index(c["status"] + " (known)" if c["known"] else c["status"])
         u, bu = _num(m.get("ulp_max")), c["budget"].get("ulp")
         if c["status"] == "pass" and _finite(u) and bu is not None and u > bu:
-            st = len(STATUSES)  # passed by the scaled budget only
+            st = statuses.index("pass (scaled)")
         bud = c["budget"]
         btext = "" if not bud else f"{fmt_num(bud.get('ulp'))} / {fmt_num(bud.get('scaled'))}"
+        # elements outside the budget (special cells: the inf/NaN positions that differ)
+        outside = m.get("mismatch") if c["kind"] == "special" else m.get("failing")
         rows.append([
             impl_ix[c["impl"]], dtype_ix[c["dtype"]], scen_ix[c["scenario"]],
             kinds.index(c["kind"]), st, _jnum(m.get("ulp_max")), _jnum(m.get("ulp_median")),
             _jnum(m.get("ulp_p99")), _jnum(m.get("scaled_max")), _jnum(m.get("rel_max")),
             _jnum(m.get("normwise")), budgets.setdefault(btext, len(budgets)), mi,
+            _jnum(outside), _jnum(m.get("count")) if m else None, ki,
         ])
-    # worst first: failures, errors, passes above the ULP budget, passes, not supported
-    severity = {0: 3, 1: 0, 2: 1, 3: 4, len(STATUSES): 2}
+    # worst first: failures, errors, known failures, passes above the ULP budget, passes,
+    # not supported
+    order = ("fail", "error", "fail (known)", "error (known)", "pass (scaled)", "pass",
+             "unsupported")
+    severity = {statuses.index(name): k for k, name in enumerate(order)}
     rows.sort(key=lambda r: (severity[r[4]], -_log(_num(r[5])) if r[5] is not None else 0.0))
     data = {
         "impls": impl_names, "implSlugs": [_slug(n) for n in impl_names], "dtypes": dtypes,
@@ -1444,17 +1583,54 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
 
     complete = bool(run.run.get("complete", True))
     verdict = run.verdict()
-    failing = [i["name"] for i in run.impls if i["available"] and i["verdict"] in ("fail", "error")
-               and not i["canary"]]
-    canaries = [i for i in run.impls if i["canary"] and i["available"]]
+    bad = ("fail", "error")
+    failing = [i["name"] for i in impls if i["verdict"] in bad and not i["canary"]]
+    if verdict == "fail" and not failing:  # a canary named explicitly is judged like any other
+        failing = [i["name"] for i in impls if i["verdict"] in bad]
+    new_bad = sum(1 for c in run.cells if c["status"] in bad and not c["known"]
+                  and c["impl"] in failing)
+    canaries = [i for i in impls if i["canary"] and i["verdict"] != "skipped" and i["ran"]]
+    n_known = counts["known"]
+    known_text = (f"{n_known:,} known failure{'s' if n_known != 1 else ''} (documented, not "
+                  "gating)") if n_known else ""
     if verdict == "pass":
-        headline = "Every available implementation is within its budgets"
+        headline = "Every tested implementation is within its budgets"
+        if known_text:
+            headline += f" apart from {known_text}"
     else:
         headline = f"{_and(failing) or 'an implementation'} failed"
+        if new_bad:
+            headline += f": {new_bad:,} new failing cell{'s' if new_bad != 1 else ''}"
+        if known_text:
+            headline += f", besides {known_text}"
     if canaries:
-        caught = all(i["verdict"] in ("fail", "error") for i in canaries)
+        caught = all(i["verdict"] in bad for i in canaries)
         headline += (". The canary was caught, as it should be." if caught else
                      ". Warning: the canary was NOT caught.")
+    elif not headline.endswith("."):
+        headline += "."
+    canary_fail = sum(1 for c in run.cells if c["status"] == "fail" and not c["known"]
+                      and run.is_canary(c["impl"]))
+    fail_note = ""
+    if canary_fail and canary_fail == counts["fail"]:
+        fail_note = "all the canary's" + (", expected" if verdict == "pass" else "")
+    elif canary_fail:
+        fail_note = f"{canary_fail:,} of them the canary's"
+
+    # -- known failures: the entries of the results file and how many cells each matched
+    known_rows = []
+    for k in run.known_failures:
+        globs = k.get("cells")
+        globs = [globs] if isinstance(globs, str) else [str(g) for g in globs or []]
+        reason = str(k.get("reason") or "")
+        hits = [c for c in run.cells if c["known"] and any(fnmatchcase(
+            f"{c['impl']}/{c['dtype']}/{c['kind']}/{c['scenario']}", g) for g in globs)]
+        known_rows.append({"reason": reason, "cells": globs, "matched": len(hits)})
+    reasons_listed = {r["reason"] for r in known_rows}
+    for reason in sorted({c["known"] for c in run.cells if c["known"]} - reasons_listed):
+        known_rows.append({"reason": reason, "cells": [],
+                           "matched": sum(c["known"] == reason for c in run.cells)})
+
     sections = [("summary", "Summary"), ("findings", "Findings"), ("accuracy", "Accuracy"),
                 ("gradients", "Gradients"), ("special", "Special values"),
                 ("throughput", "Throughput"), ("details", "Details"),
@@ -1467,13 +1643,17 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
         "date": str(run.run.get("started") or prov.get("date") or "–"),
         "command": str(run.run.get("command") or "–"),
         "verdict": verdict, "headline": headline, "complete": complete,
-        "counts": counts, "total": total,
+        "counts": counts, "total": total, "fail_note": fail_note,
+        "expected_only": bool(fail_note) and canary_fail == counts["fail"] and verdict == "pass",
+        "known_rows": known_rows,
         "n_impls": len(impls), "n_all_impls": len(run.impls), "n_scenarios": len(run.scenarios),
         "dtypes": dtypes, "dtype_short": [DTYPE_SHORT.get(d, d) for d in dtypes],
         "impl_rows": impl_rows,
         "matrix_impls": [{"name": i["name"], "color": run.color[i["name"]],
                           "canary": i["canary"], "slug": _slug(i["name"])} for i in impls],
-        "unavailable": [{"name": i["name"], "reason": str(i.get("reason") or "")}
+        "unavailable": [{"name": i["name"], "verdict": i["verdict"] if i["available"]
+                         else "unavailable", "reason": str(i.get("reason") or (
+                             "canary, left out of this gate" if i["canary"] else "not run"))}
                         for i in unavailable],
         "matrix_rows": matrix_rows,
         "findings": fs, "findings_shown": 10,
@@ -1484,8 +1664,12 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
         "provenance": provenance, "budget_rows": budget_rows, "scen_rows": scen_rows,
         "comparison": comparison,
         "sections": sections,
-        "legend": [(s, SYMBOL[s], STATUS_WORD[s]) for s in
-                   ("pass", "fail", "error", "unsupported", "none")],
+        "legend": [(s, SYMBOL[s], STATUS_WORD[s] + (" (documented, not gating)" if s == "known"
+                                                   else "")) for s in
+                   ("pass", "fail", "error", "known", "unsupported", "none")],
+        "has_known": bool(n_known),
+        "throughput_measured": "throughput" in (run.run.get("kinds") or ["throughput"]),
+        "kinds_text": ", ".join(map(str, run.run.get("kinds") or [])),
     }
 
 
@@ -1553,43 +1737,91 @@ def _md(s) -> str:
 
 
 _MD_BADGE = {"pass": "✅ pass", "fail": "❌ fail", "error": "⚠️ error",
-             "unavailable": "⚪ unavailable"}
+             "unavailable": "⚪ unavailable", "skipped": "⚪ skipped"}
+
+
+def _known_groups(run: _Run) -> list[str]:
+    """The known failures in a few lines: per reason and implementation, the scenarios that
+    share their dtypes, e.g. "jax float16 and float32 special values: posinf-one and
+    posinf-target — reason"."""
+    by: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for c in run.cells:
+        if c["known"]:
+            by[(c["known"], c["impl"], c["kind"])][c["scenario"]].add(c["dtype"])
+    out = []
+    for (reason, impl, kind), scen in by.items():
+        per: dict[tuple, list[str]] = defaultdict(list)
+        for name, dts in scen.items():
+            per[tuple(sorted(dts, key=_dtype_key))].append(name)
+        for dts, names in per.items():
+            names = sorted(names)
+            shown = names[:5] + ([f"{len(names) - 5} more"] if len(names) > 5 else [])
+            out.append(f"{impl} {_and(list(dts))} {KIND_WORDS.get(kind, kind)}: {_and(shown)} "
+                       f"— {_clip(reason, 200)}")
+    return out
 
 
 def render_markdown(results: dict, baseline: dict | None = None, *, top: int = 5) -> str:
-    """A short Markdown summary: verdict, one line per implementation, top findings, and the
-    regressions against ``baseline``."""
+    """A short Markdown summary: verdict, one line per implementation, the new failures, the
+    known failures (documented, not gating) apart, the top other findings, and the regressions
+    against ``baseline``."""
     run = _as_run(results)
     verdict = run.verdict()
     counts = run.counts()
     total = sum(counts.values())
+    known_part = (f", {counts['known']:,} known failure{'s' if counts['known'] != 1 else ''} "
+                  "(not gating)") if counts["known"] else ""
     lines = [
         f"### xent-harness: {'✅ PASS' if verdict == 'pass' else '❌ FAIL'} "
         f"(run {_md(run.run.get('id') or '?')})",
         "",
         f"`{str(run.run.get('command') or 'xent-harness').replace('`', '')}` · {total:,} cells: "
-        f"{counts['pass']:,} pass, {counts['fail']:,} fail, {counts['error']:,} error, "
-        f"{counts['unsupported']:,} not supported"
+        f"{counts['pass']:,} pass, {counts['fail']:,} fail, {counts['error']:,} error"
+        f"{known_part}, {counts['unsupported']:,} not supported"
         + ("" if run.run.get("complete", True) else " · **incomplete run**"),
         "",
-        "| implementation | verdict | pass | fail | error | not supported |",
-        "|---|---|--:|--:|--:|--:|",
+        "| implementation | verdict | pass | fail | error | known | not supported |",
+        "|---|---|--:|--:|--:|--:|--:|",
     ]
     for i in run.impls:
         v = i["verdict"] if i["available"] else "unavailable"
         badge = _MD_BADGE.get(v, v)
+        c = i["counts"]
         if not i["available"]:
             badge += f": {_md(i.get('reason') or 'not available')}"
+        elif v == "skipped":
+            badge += ": " + _md(i.get("reason") or ("canary, left out of this gate"
+                                                    if i["canary"] else "not run"))
         elif i["canary"]:
             badge += " (canary, expected)" if v in ("fail", "error") else " (canary NOT caught!)"
-        c = i["counts"]
-        nums = ("| | | | " if not i["available"] else
-                f"| {c['pass']:,} | {c['fail']:,} | {c['error']:,} | {c['unsupported']:,} ")
+        if c.get("known") and v not in ("unavailable", "skipped"):
+            badge += f" · {c['known']:,} known"
+        ran = v not in ("unavailable", "skipped") or i["ran"]
+        nums = ("| | | | | " if not ran else
+                f"| {c['pass']:,} | {c['fail']:,} | {c['error']:,} | {c['known']:,} "
+                f"| {c['unsupported']:,} ")
         lines.append(f"| {_md(i['name'])} | {badge} {nums}|")
     fs = findings(run)
-    if fs:
-        lines += ["", f"**Findings** ({len(fs)}; top {min(top, len(fs))}):"]
-        for k, f in enumerate(fs[:top], 1):
+    new = [f for f in fs if f["severity"] in ("fail", "error", "special")]
+    others = [f for f in fs if f["severity"] in ("surprise", "canary")]
+    if new or counts["known"]:
+        lines += ["", f"**New failures** ({len(new)}{f'; top {top}' if len(new) > top else ''}):"
+                  if new else "**New failures**: none (the run gates on these)"]
+        for k, f in enumerate(new[:top], 1):
+            lines.append(f"{k}. {_md(f['text'])}")
+    if counts["known"]:
+        groups = _known_groups(run)
+        lines += ["", f"**Known failures** ({counts['known']:,} cell"
+                      f"{'s' if counts['known'] != 1 else ''}, documented, not gating):"]
+        for g in groups[:top]:
+            lines.append(f"- {_md(g)}")
+        if len(groups) > top:
+            lines.append(f"- … and {len(groups) - top} more (see the report)")
+    if others:
+        n = min(3, len(others)) if (new or counts["known"]) else min(top, len(others))
+        lines += ["", f"**Other findings** ({len(others)}; top {n}):"
+                  if (new or counts["known"]) else f"**Findings** ({len(others)}; top {n}):"]
+        for k, f in enumerate(others[:n], 1):
             lines.append(f"{k}. {_md(f['text'])}")
     if baseline is not None:
         base = _as_run(baseline)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import zlib
+from fnmatch import fnmatchcase
 
 import numpy as np
 
@@ -42,6 +43,14 @@ EVIL_MESSAGE = (
     "RuntimeError: </script><script>alert(1)</script> {{ 7*7 }} {% raw %} \"double\" 'single' & <b>"
 )
 CANARY = "numpy-naive"
+#: Known failures as pyproject.toml's [[tool.xent-harness.known-failures]] would list them
+#: (the second matches nothing in the synthetic run, as a stale entry would).
+KNOWN_FAILURES = [
+    {"cells": ["jax/*/special/masked-target"],
+     "reason": "optax returns NaN where the target logit is -inf; PyTorch gives +inf"},
+    {"cells": ["torch/float16/accuracy/at-max-one"],
+     "reason": "torch sums float16 losses in float16 (cf. pytorch#85791)"},
+]
 
 _OPTION_DEFAULTS = {
     "reduction": "mean",
@@ -262,7 +271,7 @@ def _max_abs_logit(s: dict) -> float:
 
 
 def _metrics(dtype, kind, count, ulp_max, ulp_median, ulp_p99, worst_y, worst_ref, *,
-             scaled, rng) -> dict:
+             scaled, rng, failing=0) -> dict:
     ulp_mean = ulp_median * 1.1 if math.isfinite(ulp_max) else INF
     abs_max = abs(worst_y - worst_ref) if math.isfinite(worst_y) else INF
     rel = abs_max / abs(worst_ref) if worst_ref else (0.0 if abs_max == 0 else INF)
@@ -279,6 +288,7 @@ def _metrics(dtype, kind, count, ulp_max, ulp_median, ulp_p99, worst_y, worst_re
         "normwise": min(rel, 1.0) * 0.9 if math.isfinite(rel) else INF,
         "scaled_max": scaled,
         "nonfinite_mismatch": 0 if math.isfinite(worst_y) else 1,
+        "failing": failing,
         "hist": _hist(count, ulp_median, ulp_p99, ulp_max),
         "worst": {
             "index": [int(rng.integers(0, max(count, 1)))],
@@ -326,7 +336,7 @@ def _outcome(impl, dtype, s, kind, variant):
         ulp_max = max(abs(y - ref) / _ulp(ref, dtype), base)
         scaled = abs(y - ref) / (2.0**-p * (1 + xmax))
 
-    status, message = "pass", None
+    status, message, n_bad = "pass", None, 0
     if name == CANARY:
         over = xmax > EXP_OVERFLOW[dtype]
         if over:
@@ -358,7 +368,7 @@ def _outcome(impl, dtype, s, kind, variant):
     ulp_median = min(ulp_max, float(rng.uniform(0.05, 0.3)))
     ulp_p99 = min(ulp_max, max(ulp_median, ulp_max * float(rng.uniform(0.3, 0.9))))
     metrics = _metrics(dtype, kind, count, ulp_max, ulp_median, ulp_p99, y, ref, scaled=scaled,
-                       rng=rng)
+                       rng=rng, failing=n_bad)
     return status, message, metrics
 
 
@@ -526,11 +536,31 @@ def _throughput(impls, variant, gpu):
 # The results file
 
 
-def _verdicts(impls, cells):
-    per = {i["name"]: {"pass": 0, "fail": 0, "error": 0, "unsupported": 0} for i in impls}
+def mark_known(cells, known=KNOWN_FAILURES) -> int:
+    """Give failing cells that match a known failure its reason (as the sweep engine does)."""
+    n = 0
     for c in cells:
-        per[c["impl"]][c["status"]] += 1
-    total = {"pass": 0, "fail": 0, "error": 0, "unsupported": 0}
+        c.pop("known", None)
+        if c["status"] not in ("fail", "error"):
+            continue
+        key = f"{c['impl']}/{c['dtype']}/{c['kind']}/{c['scenario']}"
+        for k in known:
+            if any(fnmatchcase(key, g) for g in k["cells"]):
+                c["known"] = k["reason"]
+                n += 1
+                break
+    return n
+
+
+def _verdicts(impls, cells):
+    """Implementation verdicts and counts and the summary, as the sweep engine writes them:
+    known failures counted under "known" (not fail/error) and not gating; canaries expected
+    to fail."""
+    keys = ("pass", "fail", "error", "unsupported", "known")
+    per = {i["name"]: dict.fromkeys(keys, 0) for i in impls}
+    for c in cells:
+        per[c["impl"]]["known" if c.get("known") else c["status"]] += 1
+    total = dict.fromkeys(keys, 0)
     failing, ok = [], True
     for i in impls:
         counts = per[i["name"]]
@@ -573,6 +603,7 @@ def make_results(variant: str = "current", *, full: bool = False, gpu: bool = Fa
         scens = [s for s in scens if s["name"] != "unbatched"]  # a scenario added since
     impls = implementations(gpu=gpu, extra=extra_impls)
     cells = _cells(impls, scens, variant)
+    mark_known(cells)
     throughput, copies = _throughput(impls, variant, gpu)
     summary = _verdicts(impls, cells)
     current = variant == "current"
@@ -616,13 +647,14 @@ def make_results(variant: str = "current", *, full: bool = False, gpu: bool = Fa
         "throughput": throughput,
         "copy": copies,
         "summary": summary,
+        "known_failures": copy.deepcopy(KNOWN_FAILURES),
     }
     return encode_nonfinite(results) if encode else results
 
 
 def tiny_results(cells: list[dict], *, impls: list[dict] | None = None,
                  throughput: list[dict] | None = None, scenarios: list[dict] | None = None,
-                 run_id: str = "t") -> dict:
+                 run_id: str = "t", known_failures: list[dict] | None = None) -> dict:
     """A minimal results dict around hand-made cells (for the findings/compare unit tests)."""
     names = sorted({c["impl"] for c in cells} | {t["impl"] for t in throughput or []})
     impls = impls or [implementation(n, n) for n in names]
@@ -636,5 +668,8 @@ def tiny_results(cells: list[dict], *, impls: list[dict] | None = None,
         "implementations": impls, "scenarios": scenarios, "cells": cells,
         "throughput": throughput or [], "copy": [],
     }
+    if known_failures is not None:
+        mark_known(cells, known_failures)
+        results["known_failures"] = known_failures
     results["summary"] = _verdicts(impls, cells)
     return results
