@@ -23,7 +23,7 @@ check: $(STAMP)
 	$(BIN)/xent-harness check
 
 lint: $(STAMP)
-	$(BIN)/ruff check harness tests
+	$(BIN)/ruff check harness tests benchmarks examples
 
 clean-venv:
 	rm -rf $(VENV)
