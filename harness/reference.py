@@ -343,6 +343,17 @@ def _setup(problem: Problem, want_grad: bool) -> _Setup:
     )
 
 
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool. fork is fastest, but forking a process in which JAX or torch already
+    started threads can deadlock; then the workers come from a clean forkserver instead."""
+    import multiprocessing as mp
+    import sys
+
+    threaded = any(m in sys.modules for m in ("jax", "torch", "cupy"))
+    method = "forkserver" if threaded or sys.platform != "linux" else "fork"
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+
+
 def _chunks(M: int, C: int, workers: int) -> list[slice]:
     per = max(1, -(-M // (workers * 4)))
     return [slice(i, min(M, i + per)) for i in range(0, M, per)]
@@ -359,7 +370,7 @@ def evaluate(problem: Problem, *, grad: bool = True, workers: int | None = None)
     while True:
         if workers > 1 and M > 1 and M * C >= _PARALLEL_MIN:
             parts = _chunks(M, C, workers)
-            with ProcessPoolExecutor(workers) as pool:
+            with _pool(workers) as pool:
                 results = list(
                     pool.map(partial(_rows, su=su, start_prec=prec), [x2d[s] for s in parts], [t[s] for s in parts])
                 )
@@ -415,7 +426,7 @@ def evaluate_many(problems: list[Problem], *, grad: bool = True, workers: int | 
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(problems) <= 1:
         return [evaluate(p, grad=grad, workers=workers) for p in problems]
-    with ProcessPoolExecutor(workers) as pool:
+    with _pool(workers) as pool:
         return list(pool.map(partial(evaluate, grad=grad, workers=1), problems, chunksize=1))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import time
-import traceback
 
 import numpy as np
 
@@ -137,7 +136,3 @@ class Runner:
 
     def close(self):
         self._kill()
-
-
-def format_traceback(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).strip()

@@ -21,11 +21,6 @@ from harness.formats import Format
 from harness.problem import Problem
 
 
-def _py(v):
-    v = float(v)
-    return v
-
-
 def _describe(v: float) -> str:
     if math.isnan(v):
         return "NaN"
@@ -49,6 +44,7 @@ def judge(problem: Problem, quantity: str, y: np.ndarray, hi: np.ndarray, lo: np
           budget: dict) -> tuple[str, str | None, dict]:
     """(status, message, metrics) of a loss or gradient against the reference (hi + lo)."""
     fmt: Format = problem.format
+    q = "loss" if quantity == "loss" else "grad"
     hi = np.asarray(hi, np.float64)
     lo = np.asarray(lo, np.float64)
     rf = metrics.round_to_format(np.atleast_1d(hi), np.atleast_1d(lo), fmt).reshape(hi.shape)
@@ -61,20 +57,19 @@ def judge(problem: Problem, quantity: str, y: np.ndarray, hi: np.ndarray, lo: np
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         err = np.abs((yf - hv) - lv)
         err = np.where(np.isfinite(yf), err, np.inf)
-        scale = scales(problem, "loss" if quantity == "loss" else "grad")[fin]
+        scale = scales(problem, q)[fin]
         unit = 2.0 ** -fmt.precision * scale
         scaled = np.where(err == 0, 0.0, err / unit)
     m["scaled_max"] = float(scaled.max()) if scaled.size else None
-    b_ulp, b_scaled = budget[f"{'loss' if quantity == 'loss' else 'grad'}_ulp"], budget[
-        f"{'loss' if quantity == 'loss' else 'grad'}_scaled"]
+    b_ulp, b_scaled = budget[f"{q}_ulp"], budget[f"{q}_scaled"]
     ok = (ulps <= b_ulp) | (scaled <= b_scaled)
     if ulps.size:
         # The worst element: the one furthest outside the budget (or the largest ULP error).
         badness = np.minimum(ulps / max(b_ulp, 1e-300), scaled / max(b_scaled, 1e-300))
         i = int(np.argmax(np.where(np.isnan(badness), np.inf, badness)))
         index = np.argwhere(fin)[i].tolist()
-        m["worst"] = {"index": index, "y": _py(yf[i]), "ref": _py(hv[i] + lv[i]),
-                      "ulp": _py(ulps[i]), "scaled": _py(scaled[i])}
+        m["worst"] = {"index": index, "y": float(yf[i]), "ref": float(hv[i] + lv[i]),
+                      "ulp": float(ulps[i]), "scaled": float(scaled[i])}
     status, message = "pass", None
     bad = int(np.count_nonzero(~ok))
     m["failing"] = bad
@@ -114,7 +109,7 @@ def judge_special(problem: Problem, outputs: dict, exact) -> tuple[str, str | No
         mismatch += int((~same).sum())
         for k in np.flatnonzero(~same)[:3]:
             idx = np.argwhere(special)[k].tolist()
-            examples.append({"quantity": name, "index": idx, "y": _py(ys[k]), "ref": _py(rs[k])})
+            examples.append({"quantity": name, "index": idx, "y": float(ys[k]), "ref": float(rs[k])})
     if count == 0:
         return None
     m = {"count": count, "mismatch": mismatch, "examples": examples}
