@@ -59,6 +59,9 @@ class Implementation:
     features: frozenset[str] = FEATURES
     #: Python modules that must be importable (checked without importing them).
     requires: tuple[str, ...] = ()
+    #: True for implementations that need an NVIDIA GPU: available() says so without importing
+    #: their library when the machine visibly has none.
+    needs_gpu: bool = False
     #: True for deliberately broken implementations kept to prove the harness catches them.
     canary: bool = False
     #: Where it came from: "builtin", "entry point NAME" or the --impl spec.
@@ -77,7 +80,7 @@ class Implementation:
         for module in self.requires:
             if importlib.util.find_spec(module) is None:
                 return f"python package {module!r} is not installed"
-        return None
+        return no_gpu_reason() if self.needs_gpu else None
 
     def supports(self, problem: Problem) -> str | None:
         """None when this implementation accepts the problem, else why not ("not supported")."""
@@ -121,6 +124,18 @@ class Implementation:
 
     def __repr__(self) -> str:
         return f"<Implementation {self.name} ({self.origin})>"
+
+
+def default_threads() -> int:
+    """Threads an implementation may use: ``XENT_NUM_THREADS`` when set to a positive integer,
+    else ``os.cpu_count()``. NumPy and torch use the same count, so speed comparisons are fair."""
+    import os
+
+    try:
+        n = int(os.environ.get("XENT_NUM_THREADS", "").strip() or 0)
+    except ValueError:
+        n = 0
+    return n if n >= 1 else (os.cpu_count() or 1)
 
 
 def no_gpu_reason() -> str | None:

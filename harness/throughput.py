@@ -12,7 +12,6 @@ last ``min_sample_s``; we keep the median and the IQR, and flag IQR/median > 10 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,7 +100,7 @@ def problem_for(N: int, C: int, dtype: str, seed: int = 0) -> Problem:
 
 
 def threads() -> int:
-    return int(os.environ.get("XENT_NUM_THREADS") or os.cpu_count() or 1)
+    return registry.default_threads()
 
 
 def run(entries: list[registry.Entry], dtypes: list[str], results: Results, *, quick: bool = False,

@@ -46,8 +46,9 @@ from hypothesis import strategies as st
 
 from harness.formats import format_of
 from harness.implementations.numpy_naive import NumpyNaive
-from harness.implementations.numpy_stable import NumpyStable, default_num_threads, round_to
+from harness.implementations.numpy_stable import NumpyStable, round_to
 from harness.problem import Problem
+from harness.registry import default_threads as default_num_threads
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 RTOL = {"float64": 1e-13, "float32": 2.0**-20, "float16": 2.0**-10, "bfloat16": 2.0**-7}

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.problem import Problem
-from harness.registry import Implementation
+from harness.registry import Implementation, no_gpu_reason
 
 KERNEL_PATH = Path(__file__).with_name("kernels") / "xent.cu"
 
@@ -652,9 +652,7 @@ class CupyKernel(Implementation):
             return "python package 'cupy' is not installed (pip install cupy-cuda12x)"
         # a machine visibly without an NVIDIA GPU is told apart without importing cupy, so that
         # listing implementations stays fast
-        from harness import registry
-
-        no_gpu = getattr(registry, "no_gpu_reason", lambda: None)()
+        no_gpu = no_gpu_reason()
         if no_gpu:
             return no_gpu
         try:

@@ -45,7 +45,7 @@ from functools import cache
 import numpy as np
 
 from harness.problem import Problem
-from harness.registry import Implementation, no_gpu_reason
+from harness.registry import Implementation
 
 
 @cache
@@ -235,12 +235,10 @@ class JaxGPU(_Jax):
     description = "optax softmax cross-entropy with PyTorch's options, jax.jit on GPU"
     devices = ("gpu",)
     platform = "gpu"
+    needs_gpu = True
 
     def available(self) -> str | None:
-        reason = super().available()
-        if reason:
-            return reason
-        reason = no_gpu_reason()  # checked first: importing the library to ask costs seconds
+        reason = super().available()  # requires + no visible GPU, without importing jax
         if reason:
             return reason
         try:

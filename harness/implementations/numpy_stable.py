@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +75,7 @@ import numpy as np
 
 from harness.formats import compute_dtype
 from harness.problem import Problem
-from harness.registry import Implementation
+from harness.registry import Implementation, default_threads
 
 _F64 = np.dtype(np.float64)
 _TINY64 = float(np.finfo(np.float64).tiny)
@@ -99,19 +98,6 @@ DEFAULT_MIN_TASK_ELEMS = 1 << 15
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
-
-
-def default_num_threads() -> int:
-    """``XENT_NUM_THREADS`` if set to a positive integer, else ``os.cpu_count()``."""
-    env = os.environ.get("XENT_NUM_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            n = 0
-        if n >= 1:
-            return n
-    return os.cpu_count() or 1
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
@@ -1125,7 +1111,7 @@ class NumpyStable(Implementation):
 
     @property
     def threads(self) -> int:
-        return int(self.num_threads) if self.num_threads else default_num_threads()
+        return int(self.num_threads) if self.num_threads else default_threads()
 
     def plan(self, problem: Problem) -> _Plan:
         tile = self.tile_elems

@@ -16,7 +16,6 @@ every run so comparisons with multi-threaded NumPy code are fair.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import cache
 
@@ -24,7 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from harness.problem import Problem
-from harness.registry import Implementation, no_gpu_reason
+from harness.registry import Implementation, default_threads
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -35,19 +34,6 @@ def _torch():
     import torch.nn.functional as F
 
     return torch, F
-
-
-def default_threads() -> int:
-    """``XENT_NUM_THREADS`` when set to a positive integer, else ``os.cpu_count()``."""
-    env = os.environ.get("XENT_NUM_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            n = 0
-        if n > 0:
-            return n
-    return os.cpu_count() or 1
 
 
 def to_torch(arr: np.ndarray, device: str = "cpu"):
@@ -178,12 +164,10 @@ class TorchCUDA(_Torch):
     description = "torch.nn.functional.cross_entropy on CUDA, gradient by autograd"
     devices = ("cuda",)
     torch_device = "cuda"
+    needs_gpu = True
 
     def available(self) -> str | None:
-        reason = super().available()
-        if reason:
-            return reason
-        reason = no_gpu_reason()  # checked first: importing the library to ask costs seconds
+        reason = super().available()  # requires + no visible GPU, without importing torch
         if reason:
             return reason
         try:
