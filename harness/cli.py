@@ -145,7 +145,7 @@ def _progress_factory(args):
     return lambda total: tqdm(total=total, unit="cell", leave=False, dynamic_ncols=True)
 
 
-def _execute(args, kinds: tuple[str, ...], *, timing: bool, report: bool, gate: bool) -> int:
+def _execute(args, kinds: tuple[str, ...], *, timing: bool, gate: bool) -> int:
     """Shared body of run/accuracy/gradient/throughput/check."""
     import shutil
     import time
@@ -215,8 +215,7 @@ def _execute(args, kinds: tuple[str, ...], *, timing: bool, report: bool, gate: 
     res.data["run"]["complete"] = True
     res.data["run"]["seconds"] = {"sweeps": round(t_acc, 2), "total": round(time.monotonic() - t0, 2)}
     res.close()
-    if report:
-        _write_report(res.data, out, log)
+    _write_report(res.data, out, log)
     if not args.out:
         latest = out.parent / "latest"
         if latest.resolve() != out.resolve():
@@ -226,7 +225,7 @@ def _execute(args, kinds: tuple[str, ...], *, timing: bool, report: bool, gate: 
         print(results.dumps(res.data))
     else:
         _print_tables(res.data, gate=gate)
-        log(f"results: {res.path}" + (f"  report: {out / 'report.html'}" if report and (out / 'report.html').exists() else ""))
+        log(f"results: {res.path}" + (f"  report: {out / 'report.html'}" if (out / 'report.html').exists() else ""))
     return EXIT_FAIL if res.data["summary"]["verdict"] == "fail" else EXIT_OK
 
 
@@ -298,23 +297,23 @@ def _print_tables(data: dict, *, gate: bool) -> None:
 
 
 def cmd_run(args) -> int:
-    return _execute(args, ("accuracy", "gradient", "special", "throughput"), timing=True, report=True, gate=False)
+    return _execute(args, ("accuracy", "gradient", "special", "throughput"), timing=True, gate=False)
 
 
 def cmd_accuracy(args) -> int:
-    return _execute(args, ("accuracy", "special"), timing=False, report=False, gate=False)
+    return _execute(args, ("accuracy", "special"), timing=False, gate=False)
 
 
 def cmd_gradient(args) -> int:
-    return _execute(args, ("gradient", "special"), timing=False, report=False, gate=False)
+    return _execute(args, ("gradient", "special"), timing=False, gate=False)
 
 
 def cmd_throughput(args) -> int:
-    return _execute(args, ("throughput",), timing=True, report=False, gate=False)
+    return _execute(args, ("throughput",), timing=True, gate=False)
 
 
 def cmd_check(args) -> int:
-    return _execute(args, ("accuracy", "gradient", "special"), timing=False, report=False, gate=True)
+    return _execute(args, ("accuracy", "gradient", "special"), timing=False, gate=True)
 
 
 def cmd_report(args) -> int:
