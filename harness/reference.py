@@ -490,13 +490,24 @@ def cross_entropy_grad(
 
 
 def rounded(values: np.ndarray, dtype) -> np.ndarray:
-    """Round an object array of mpmath.mpf (as returned above) correctly to ``dtype``."""
+    """Round an object array of mpmath.mpf (as returned above) correctly to ``dtype``: each value
+    is converted to MPFR exactly, then rounded once in a context with the format's precision,
+    exponent range and subnormals (so ties, subnormals and overflow follow IEEE)."""
     fmt = FORMATS[np.dtype(dtype).name] if not isinstance(dtype, str) else FORMATS[dtype]
     flat = np.asarray(values, dtype=object).ravel()
-    with gmpy2.context(gmpy2.get_context(), precision=fmt.precision, subnormalize=True,
-                       emin=fmt.emin - fmt.precision + 2, emax=fmt.emax + 1):
-        out = [float(gmpy2.mpfr(mpmath.nstr(v, 60, strip_zeros=False)) if mpmath.isfinite(v) else float(v))
-               for v in flat]
+    out = []
+    for v in flat:
+        if not mpmath.isfinite(v):
+            out.append(float(v))
+            continue
+        man, exp = int(v.man), int(v.exp)
+        with gmpy2.context(gmpy2.get_context(), precision=max(man.bit_length(), 2) + 2,
+                           emin=-(2**30), emax=2**30):
+            exact = gmpy2.mul_2exp(gmpy2.mpfr(man), exp)
+        with gmpy2.context(gmpy2.get_context(), precision=fmt.precision, subnormalize=True,
+                           emin=fmt.emin - fmt.precision + 2, emax=fmt.emax + 1):
+            out.append(float(gmpy2.mpfr(exact) + 0))
+    # Every value is now exactly representable in fmt, so this cast rounds nothing.
     return np.array(out, dtype=np.float64).astype(fmt.dtype).reshape(np.shape(values))
 
 

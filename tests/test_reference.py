@@ -286,3 +286,19 @@ def test_gradient_matches_high_precision_finite_difference(data, eps, weighted):
             step = mpmath.mpf(xp[0, j]) - mpmath.mpf(xm[0, j])  # the perturbation actually applied
             fd = (lp - lm) / step
             assert abs(fd - g[0, j]) <= 1e-12 * max(1, abs(g[0, j]))
+
+
+def test_rounded_rounds_once_with_ieee_ties_subnormals_and_overflow():
+    with mpmath.workprec(300):
+        two = mpmath.mpf(2)
+        cases = [
+            (two**-149 * 1.5, "float32", 2 * 2.0**-149),  # tie between subnormals: to even
+            (two**-150 + two**-250, "float32", 2.0**-149),  # just above half the smallest subnormal
+            (two**-150, "float32", 0.0),  # exactly half: to even (zero)
+            (mpmath.mpf(65520), "float16", inf),  # max + ulp/2 overflows
+            (mpmath.mpf(65519) + two**-30, "float16", 65504.0),
+            (1 + two**-11 + two**-200, "float16", 1 + 2.0**-10),  # a 60-digit string would lose this
+            (1 + two**-8 + two**-300, "bfloat16", 1 + 2.0**-7),  # the ml_dtypes cast gives 1.0 here
+        ]
+    for v, dtype, want in cases:
+        assert float(R.rounded(np.array([v], dtype=object), dtype)[0]) == want, (v, dtype)
