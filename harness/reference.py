@@ -28,9 +28,12 @@ log_softmax backward multiplies its NaN softmax by a zero upstream gradient).
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import partial
 
 import gmpy2
@@ -49,9 +52,6 @@ START_BITS = 128
 MAX_BITS = 1280
 #: Correct bits every returned value carries (so fractional float64 ULP errors are meaningful).
 GOOD_BITS = 106
-#: Error-bound multiplier: every formula here loses at most a few roundings of 2^-prec relative to
-#: the magnitude it sums; 32 covers the longest chain (exp, sum, log1p, products, scaling) with room.
-_K = 32
 #: Problems with fewer logits than this are evaluated in-process (a pool costs ~50 ms).
 _PARALLEL_MIN = 40_000
 
@@ -74,6 +74,10 @@ class Exact:
     unresolved: int = 0
     loss_mpfr: list = field(default_factory=list, repr=False)
     grad_mpfr: list | None = field(default=None, repr=False)
+    #: Rigorous upper bounds on |value of record - true value| (float64, rounded up by at most
+    #: one ulp): the loss's (output shape) and the gradient's (logits' shape).
+    loss_bound: np.ndarray | None = field(default=None, repr=False)
+    grad_bound: np.ndarray | None = field(default=None, repr=False)
 
     def rounded_loss(self, dtype) -> np.ndarray:
         """The loss correctly rounded to ``dtype`` (float16, bfloat16, float32 or float64)."""
@@ -91,32 +95,58 @@ def _rounded(hi: np.ndarray, lo: np.ndarray, dtype) -> np.ndarray:
     return round_to_format(np.atleast_1d(hi), np.atleast_1d(lo), fmt).reshape(np.shape(hi))
 
 
+# -- MPFR contexts ---------------------------------------------------------------------------------
+
+
+def _ctx(prec: int):
+    """A context at ``prec`` bits with MPFR's whole exponent range, so that losses like
+    e^-2e9 (float32 [0, -2e9]) and 1e308-weighted sums keep their value instead of flushing."""
+    return gmpy2.context(gmpy2.get_context(), precision=prec, emin=gmpy2.get_emin_min(),
+                         emax=gmpy2.get_emax_max(), subnormalize=False, trap_divzero=False,
+                         trap_invalid=False, trap_overflow=False, trap_underflow=False)
+
+
 # -- rounding stability (the acceptance test of the Ziv loop) --------------------------------------
+
+#: Double-doubles represent values faithfully (lo normal) only above this magnitude; smaller and
+#: larger values are checked in MPFR (they are rare: gradients of 1e-300, losses of e^-1000).
+_DD_MIN = 2.0**-960
+_DD_MAX = 2.0**1020
+
+
+def _dd_error(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Upper bound on |v - (hi + lo)| for hi = RN(v), lo = RN(v - hi) (or the sticky subnormal):
+    half an ulp of lo, at most 2^-53 |lo| (or the smallest subnormal)."""
+    return np.abs(lo) * 2.0**-53 + 2.0**-1074
 
 
 def _round_stable(hi: np.ndarray, lo: np.ndarray, bound: np.ndarray) -> np.ndarray:
-    """True where [v - bound, v + bound] (v = hi + lo) rounds to a single value in every format
-    and bound <= 2^-GOOD_BITS |v| (or is below float64's smallest subnormal / 2)."""
+    """True where [v - b, v + b] (v = hi + lo, b = bound + the double-double's own rounding
+    error) rounds to a single value in every format and b <= 2^-GOOD_BITS |v|, or v is so small
+    that every format rounds it to a signed zero (b < |v|, |v| < float64's smallest subnormal/2).
+
+    Values outside [_DD_MIN, _DD_MAX] are not decided here (the caller checks them in MPFR)."""
     hi = np.asarray(hi, dtype=np.float64)
     lo = np.asarray(lo, dtype=np.float64)
-    bound = np.asarray(bound, dtype=np.float64)
-    finite = np.isfinite(hi)
     with np.errstate(invalid="ignore", over="ignore"):
-        ok = (bound <= np.abs(hi) * 2.0**-GOOD_BITS) | (bound <= 2.0**-1076)
+        b = np.asarray(bound, dtype=np.float64) + _dd_error(hi, lo)
+        ok = b <= np.abs(hi) * 2.0**-GOOD_BITS
         for fmt in FORMATS.values():
-            ok &= _margin(hi, lo, fmt) > bound
+            ok &= _margin(hi, lo, fmt) > b
     # Non-finite values are exact (inf/NaN patterns are decided by IEEE rules, not rounding).
-    return ok | ~finite
+    return ok | ~np.isfinite(hi)
 
 
 def _margin(hi: np.ndarray, lo: np.ndarray, fmt) -> np.ndarray:
     """Distance from v = hi + lo to the nearest rounding boundary of ``fmt``: a midpoint between
-    two neighbours, the overflow threshold max + ulp/2, or the midpoints around zero."""
+    two neighbours, or the overflow threshold max + ulp/2 (the only boundary beyond max)."""
     p, emin = fmt.precision, fmt.emin
     a = np.abs(hi)
     slo = np.where(hi < 0, -lo, lo)  # v's offset from hi, seen on the positive side
+    top = (2.0 - 2.0 ** (1 - p)) * 2.0**fmt.emax + 2.0 ** (fmt.emax - p)  # max + ulp/2
+    to_top = np.abs((a - top) + slo)
     _, e = np.frexp(a)  # a = f * 2^e, f in [0.5, 1): the binary exponent is e - 1
-    q = np.maximum(e - 1, emin) - p + 1  # ulp exponent of a's binade
+    q = np.minimum(np.maximum(e - 1, emin), fmt.emax) - p + 1  # ulp exponent of a's binade
     ulp = np.ldexp(1.0, q)
     n = np.floor(a / ulp)  # exact
     # At the start of a normal binade the boundary below is a quarter-ulp away (the binade below
@@ -125,12 +155,59 @@ def _margin(hi: np.ndarray, lo: np.ndarray, fmt) -> np.ndarray:
     if fmt.name == "float64":
         # hi = RN_64(v), so v lies |lo| from hi and the boundaries are ulp/2 (or ulp/4) away.
         half_below = np.where(first, ulp / 4, ulp / 2)
-        return np.where(slo < 0, half_below, ulp / 2) - np.abs(lo)
-    mid = (n + 0.5) * ulp
-    below = np.where(first, n * ulp - ulp / 4, mid - ulp)
-    top = (2.0 - 2.0 ** (1 - p)) * 2.0**fmt.emax + 2.0 ** (fmt.emax - p)  # max + ulp/2
-    d = np.minimum(np.abs((a - mid) + slo), np.abs((a - below) + slo))
-    return np.minimum(d, np.abs((a - top) + slo))
+        d = np.where(slo < 0, half_below, ulp / 2) - np.abs(lo)
+    else:
+        mid = (n + 0.5) * ulp
+        below = np.where(first, n * ulp - ulp / 4, mid - ulp)
+        d = np.minimum(np.abs((a - mid) + slo), np.abs((a - below) + slo))
+    # Beyond max + ulp/2 every value rounds to inf: only the threshold itself is a boundary.
+    return np.where(a > top, to_top, np.minimum(d, to_top))
+
+
+def _stable_mpfr(v, bound) -> bool:
+    """The acceptance test for one MPFR value, exactly (for values a double-double cannot
+    hold): both ends of [v - b, v + b] round to the same value in every format, and
+    b <= 2^-GOOD_BITS |v| unless every format rounds the whole interval to one signed zero."""
+    if isinstance(v, mpmath.mpf) or not gmpy2.is_finite(v):
+        return True  # mpmath values are below MPFR's range: every format rounds them to +-0
+    if bound == 0:
+        return True
+    with _ctx(max(v.precision, 64) + 64):
+        lo_end, hi_end = v - bound, v + bound  # rounding outward is harmless (it widens)
+        same = all(_round_fmt(lo_end, f) == _round_fmt(hi_end, f)
+                   and math.copysign(1, _round_fmt(lo_end, f)) == math.copysign(1, _round_fmt(hi_end, f))
+                   for f in FORMATS.values())
+        if not same:
+            return False
+        return bool(bound <= abs(v) * mpfr(2) ** -GOOD_BITS or _round_fmt(v, FORMATS["float64"]) == 0)
+
+
+def _round_fmt(v, fmt) -> float:
+    """RN_fmt(v) for an MPFR value, with the format's subnormals and overflow (IEEE)."""
+    with gmpy2.context(gmpy2.get_context(), precision=fmt.precision, subnormalize=True,
+                       emin=fmt.emin - fmt.precision + 2, emax=fmt.emax + 1):
+        return float(gmpy2.mpfr(v) + 0)
+
+
+def _split(vals) -> tuple[np.ndarray, np.ndarray]:
+    """mpfr values -> (hi, lo) float64 arrays, hi = RN(v), lo = RN(v - hi) (exact difference).
+
+    If v - hi is nonzero but underflows, lo is the smallest subnormal with its sign: the
+    double-double then still lies on v's side of hi, so ties are broken the way v breaks them
+    (a value 1000.25 + e^-1000 must round up to 1000.5 in float16, not to even)."""
+    hi = np.array([float(v) for v in vals], dtype=np.float64)
+    los = []
+    with _ctx(4 * MAX_BITS):
+        for v, h in zip(vals, hi.tolist(), strict=False):
+            if isinstance(v, mpmath.mpf) or not math.isfinite(h) or not gmpy2.is_finite(v):
+                los.append(0.0)
+                continue
+            r = v - h  # exact at this precision (v has <= MAX_BITS bits, h 53)
+            f = float(r)
+            if f == 0.0 and r != 0:
+                f = math.copysign(5e-324, r)
+            los.append(f)
+    return hi, np.array(los, dtype=np.float64)
 
 
 # -- one row ---------------------------------------------------------------------------------------
@@ -143,13 +220,13 @@ class _Setup:
     C: int
     prec_in: int  # significand bits of the input format
     eps: float
-    weight: list | None  # mpfr, exact
+    weight: list | None  # exact input floats
     wsum: object  # mpfr, exact sum of weights (for smoothing)
-    wnonneg: bool
     denom: object  # mpfr exact denominator of the mean, or None for sum/none
     probability: bool
     ignore_index: int
     want_grad: bool
+    keep: bool  # keep the MPFR gradient values (the public API), not only the double-doubles
 
 
 def _exact_bits(x2d: np.ndarray, prec_in: int) -> np.ndarray:
@@ -161,162 +238,398 @@ def _exact_bits(x2d: np.ndarray, prec_in: int) -> np.ndarray:
     return np.where(hi > -(10**6), hi - lo + 4, 64)
 
 
-def _row(xs: list, k: int, exact_bits: int, target, su: _Setup, prec: int):
-    """Loss (value, bound) and gradient (hi, lo, bound) of one finite-ish, non-ignored row at
-    working precision ``prec``; ``xs`` are its logits, ``k`` the index of the first maximum.
+#: Error multipliers (in units of u = 2^-prec) of the transcendental parts; derivation in _row.
+_KT = 8
 
-    ``target`` is the class index or the probability vector. The gradient includes the
-    reduction's scale (1/denominator for 'mean')."""
+
+@dataclass
+class _Value:
+    """One value as head + tail. ``head`` is built from the inputs by +, -, * (and one division
+    by the mean's denominator): exact when ``head_exact``. ``tail`` carries every exp/log1p and
+    has a known sign; ``bound`` bounds |(head + tail) - true| for ``value`` = RN(head + tail)."""
+
+    value: object
+    bound: object
+    head: object
+    head_exact: bool
+    tail: object
+    tail_err: object
+    tail_sign: int = 0  # the sign of a tail too small for MPFR's exponent range (tail == 0)
+
+
+def _row(xs: list, k: int, exact_bits: int, target, su: _Setup, prec: int) -> tuple[_Value, list | None]:
+    """Loss and gradient of one non-ignored row whose logits are finite or -inf (not all -inf)
+    at working precision ``prec``; ``k`` is the index of the first maximum.
+
+    Every value is written as head + tail (see :class:`_Value`): the head is the value at s = 0
+    (every logit but the max at -inf), computed from the inputs at precision ``ph`` large enough
+    to be exact whenever the head is a dyadic number; the tail is a (weight) * (L1, e_j/S or
+    -s/S), so its relative error is a few u.
+
+    Error analysis at precision p, u = 2^-p, every MPFR operation correctly rounded (|rel| <= u):
+      d_j = x_j - m exact;  e_j = exp(d_j)(1 + δ), |δ| <= u;
+      s = RN(Σ_{j≠k} e_j): |rel| <= 2.01u (positive terms);  S = RN(1 + s): |rel| <= 3.01u;
+      L1 = RN(log1p(s)): log1p has condition number s / ((1+s) log1p s) <= 1, so |rel| <= 3.02u;
+      e_j/S: 5.02u;  s/S: 6.03u;  times the exact coefficient and rounding: <= 7.1u.
+    So |tail error| <= 8u |tail| (_KT), and the value RN(head + tail) adds u |value|. An inexact
+    head (ε/C, a mean's 1/denominator) is computed at ph > p + 64 bits from at most C + 3 terms
+    by correctly rounded operations: its error is <= 4 (C + 3) 2^-ph Σ|terms| <= u/2 Σ|terms|."""
     C = su.C
-    ctx = gmpy2.get_context()
+    ph = prec + exact_bits + 192  # holds products of three input floats and x_j - m exactly
     u = mpfr(2) ** -prec
-    m = xs[k]
-    if exact_bits <= 53:
-        d = [v - m for v in xs]  # exact in float64 (narrow inputs, moderate range)
-    else:
-        ctx.precision = max(prec, exact_bits)
-        mm = mpfr(m)
-        d = [v - mm for v in xs]  # exact at this precision
-        ctx.precision = prec
-    e = [gmpy2.exp(v) for v in d]  # e_k = 1 exactly
-    s = gmpy2.fsum(e[:k] + e[k + 1 :])  # correctly rounded
-    S = 1 + s
-    L1 = gmpy2.log1p(s)
+    with _ctx(max(prec, exact_bits)):
+        m = mpfr(xs[k])
+        d = [mpfr(v) - m for v in xs]  # exact: the precision spans both exponents
+    with _ctx(prec):
+        e = [gmpy2.exp(v) for v in d]  # e_k = 1 exactly
+        s = gmpy2.fsum(e[:k] + e[k + 1 :])
+        S = 1 + s
+        L1 = gmpy2.log1p(s)
+        pS = [ej / S for ej in e]  # p_j for j != k
+        pk_tail = -s / S  # p_k - 1
+    deep = _deep(d, e, k, s, prec)  # terms below MPFR's exponent range (e^-7.4e8), or None
+    eps = su.eps
     w = su.weight
-    E = mpfr(su.eps)
-    eC = E / C
-    one_m = 1 - E
+    inv = None if su.denom is None else su.denom
 
-    # ---- loss ----------------------------------------------------------------------------------
-    if su.probability:
-        tp = [one_m * tc + eC for tc in target.tolist()] if su.eps else [mpfr(tc) for tc in target.tolist()]
-        q = [tc * wc for wc, tc in zip(w, tp, strict=False)] if w is not None else tp
-        Q = gmpy2.fsum(q)
-        loss = gmpy2.fsum([qc * (-dc) for qc, dc in zip(q, d, strict=False)]) + Q * L1
-        if all(qc >= 0 for qc in q):
-            mag = abs(loss)
+    with _ctx(ph) as hctx:
+        hctx.inexact = False
+        E = mpfr(eps)
+        one_m = 1 - E
+        eC = E / C
+        if su.probability:
+            tl = target.tolist()
+            tp = [one_m * tc + eC for tc in tl] if eps else [mpfr(tc) for tc in tl]
+            q = [tc * wc for tc, wc in zip(tp, w, strict=False)] if w is not None else tp
+            Q = gmpy2.fsum(q)
+            coef = Q  # the tail coefficient of both loss and gradient
+            terms = [qc * (-dc) for qc, dc in zip(q, d, strict=False)]
+            lhead = gmpy2.fsum(terms)
+            lmag = float(gmpy2.fsum(abs(v) for v in terms)) if terms else 0.0
         else:
-            mag = gmpy2.fsum([abs(qc * dc) for qc, dc in zip(q, d, strict=False)]) + gmpy2.fsum(map(abs, q)) * L1
+            t = int(target)
+            wt = mpfr(w[t]) if w is not None else mpfr(1)
+            coef = one_m * wt + eC * su.wsum if eps else wt  # a = (1-ε) w_t + (ε/C) W
+            terms = [one_m * wt * (-d[t])]
+            if eps:
+                terms.append(eC * gmpy2.fsum([(mpfr(wc) if w is not None else 1) * (-dc)
+                                               for wc, dc in zip(w or [1] * C, d, strict=False)]))
+            lhead = gmpy2.fsum(terms)
+            lmag = float(gmpy2.fsum(abs(v) for v in terms))
+        head_exact = not hctx.inexact
+    with _ctx(prec):
+        ltail = coef * L1
+        lt_err = _KT * u * abs(ltail)
+        lval = lhead + ltail
+        lbound = u * abs(lval) + lt_err + (0 if head_exact else u / 2 * lmag)
+    loss = _Value(lval, lbound, lhead, head_exact, ltail, lt_err)
+    if deep is not None and deep.s is not None:
+        loss = _deep_value(loss, _mpf(coef) * deep.s, prec)
+    if not su.want_grad:
+        return loss, None
+
+    # ---- gradient: g_j = σ [coef p_j - c_j] with c_j = q_j (probabilities) or
+    # (ε/C) w_j + (1-ε) w_t [j = t] (indices); head_j = σ [coef [j = k] - c_j],
+    # tail_j = σ coef (e_j/S, or -s/S at j = k).
+    grads = []
+    with _ctx(ph) as hctx:
+        hctx.inexact = False
+        if su.probability:
+            cs = q
+        else:
+            cs = [eC * (mpfr(w[j]) if w is not None else 1) for j in range(C)] if eps else [mpfr(0)] * C
+            cs[t] = cs[t] + one_m * wt
+        heads = []
+        for j in range(C):
+            hv = (coef - cs[j]) if j == k else -cs[j]
+            heads.append(hv if inv is None else hv / inv)
+        hexact = not hctx.inexact  # conservative: one inexact head marks them all
+    with _ctx(prec):
+        scale = coef if inv is None else coef / inv
+        for j in range(C):
+            tail = scale * (pk_tail if j == k else pS[j])
+            terr = _KT * u * abs(tail)
+            val = heads[j] + tail
+            b = u * abs(val) + terr
+            if not hexact:  # |terms| of the head: coef at j = k, and c_j
+                hm = (abs(coef) if j == k else 0) + abs(cs[j])
+                b += u / 2 * (hm if inv is None else hm / abs(inv))
+            grads.append(_Value(val, b, heads[j], hexact, tail, terr))
+    if deep is not None:
+        sc = _mpf(scale)
+        for j, ej in deep.e.items():
+            grads[j] = _deep_value(grads[j], sc * ej, prec)  # S = 1 + s, s's part negligible
+        if deep.s is not None:
+            grads[k] = _deep_value(grads[k], -sc * deep.s, prec)
+    return loss, grads
+
+
+@dataclass
+class _Deep:
+    e: dict  # j -> e_j as mpmath.mpf, for the terms that MPFR flushed to 0
+    s: object  # s as mpmath.mpf when s itself is below 2^-(2^29) (then S = 1, L1 = s), or None
+
+
+#: MPFR (as gmpy2 builds it) holds exponents down to about -2^30; an s below 2^-(2^29) is
+#: recomputed in mpmath, whose exponents are unbounded.
+_DEEP_S = mpfr(2) ** -(2**29)
+
+
+def _mpf(v) -> mpmath.mpf:
+    if isinstance(v, mpmath.mpf):
+        return v
+    with mpmath.workprec(max(v.precision, 53) + 8):
+        return _to_mpf(v)
+
+
+def _deep(d: list, e: list, k: int, s, prec: int) -> _Deep | None:
+    """Terms e_j = exp(d_j) that underflowed MPFR's range, recomputed in mpmath (float32
+    [0, -2e9] has loss e^-2e9 = 1.56e-868588964; float64 [1e30, next(1e30)] about
+    7.7e-61121514589643). Their share of s is negligible unless s is itself below _DEEP_S."""
+    idx = [j for j, (dj, ej) in enumerate(zip(d, e, strict=False))
+           if j != k and ej == 0 and gmpy2.is_finite(dj)]
+    if not idx:
+        return None
+    with mpmath.workprec(prec + 16):
+        ed = {j: mpmath.exp(_mpf(d[j])) for j in idx}
+        s_mp = None
+        if s < _DEEP_S:
+            s_mp = mpmath.fsum(list(ed.values()) + [_mpf(v) for j, v in enumerate(e) if j != k and v != 0])
+    return _Deep(ed, s_mp)
+
+
+def _deep_value(v: _Value, tail: mpmath.mpf, prec: int) -> _Value:
+    """A value whose tail is below MPFR's range: the tail itself (mpmath) when the head is 0,
+    else the head with the tail's sign kept for :func:`_sticky`. The tail is a product of at most
+    four correctly rounded factors and an mpmath exp (< 2 ulp): relative error < 16 u."""
+    if tail == 0:
+        return v
+    sign = 1 if tail > 0 else -1
+    if v.head == 0:
+        with mpmath.workprec(prec):
+            b = abs(tail) * mpmath.mpf(2) ** (4 - prec)
+        return _Value(tail, b, v.head, v.head_exact, mpfr(0), mpfr(0), sign)
+    return _Value(v.head if v.head_exact else v.value, v.bound, v.head, v.head_exact, mpfr(0), mpfr(0), sign)
+
+
+def _tied(xs: list, k: int) -> bool:
+    """Every finite logit equals the max: e_j is 0 or 1, so the gradient is rational."""
+    m = xs[k]
+    return all(v == m or v == -math.inf for v in xs)
+
+
+def _grad_rational(xs: list, k: int, target, su: _Setup, prec: int) -> list:
+    """The gradient of a tied row exactly, in rationals (p_j = [x_j = m] / #ties), rounded once
+    to ``prec`` bits: exact zeros stay exact zeros (label smoothing ε = 1 on equal logits gives
+    ε/C w_j - p_j (ε/C) W = 0, which MPFR at any precision only brackets)."""
+    C, m = su.C, xs[k]
+    tie = [v == m for v in xs]
+    S = sum(tie)
+    eps = Fraction(su.eps)
+    w = [Fraction(v) for v in su.weight] if su.weight is not None else [Fraction(1)] * C
+    if su.probability:
+        q = [((1 - eps) * Fraction(tc) + eps / C) * wc for tc, wc in zip(target.tolist(), w, strict=False)]
+        coef, cs = sum(q), q
     else:
         t = int(target)
-        wt = w[t] if w is not None else 1
-        nll = wt * (-mpfr(d[t]) + L1)
-        if su.eps:
-            if w is not None:
-                smooth = gmpy2.fsum([wc * (-dc) for wc, dc in zip(w, d, strict=False)]) + su.wsum * L1
-            else:
-                smooth = C * L1 - gmpy2.fsum(map(mpfr, d))
-            loss = one_m * nll + eC * smooth
-        else:
-            loss = nll
-        if su.wnonneg:
-            mag = abs(loss)
-        else:
-            absw = [abs(wc) for wc in w]
-            smag = gmpy2.fsum([wc * abs(dc) for wc, dc in zip(absw, d, strict=False)]) + gmpy2.fsum(absw) * L1
-            mag = abs(one_m * nll) + eC * smag
-    loss_bound = _K * u * mag
+        coef = (1 - eps) * w[t] + eps / C * sum(w)
+        cs = [eps / C * wc for wc in w]
+        cs[t] += (1 - eps) * w[t]
+    sig = Fraction(1) if su.denom is None else 1 / Fraction(gmpy2.mpq(su.denom))
+    out = []
+    with _ctx(prec) as ctx:
+        u = mpfr(2) ** -prec
+        for j in range(C):
+            g = sig * (coef * Fraction(int(tie[j]), S) - cs[j])
+            ctx.inexact = False
+            v = mpfr(gmpy2.mpq(g.numerator, g.denominator))
+            b = u * abs(v) if ctx.inexact else mpfr(0)
+            out.append(_Value(v, b, v, not ctx.inexact, mpfr(0), mpfr(0)))
+    return out
 
-    if not su.want_grad:
-        return loss, loss_bound, None, None, None
 
-    # ---- gradient ------------------------------------------------------------------------------
-    if su.denom is None:
-        sigma = mpfr(1)
-    else:
-        sigma = 1 / su.denom  # inf when the kept rows' weights sum to 0 (torch: NaN gradient)
+def _row_ieee(xs: list, k: int, target, su: _Setup, prec: int) -> tuple[_Value, list | None]:
+    """Rows whose arithmetic meets an infinity outside the logits: an infinite probability
+    target, or a 'mean' whose kept weights sum to 0. PyTorch's own chain of operations is
+    evaluated in IEEE arithmetic (MPFR follows IEEE for inf and NaN), so its inf/NaN pattern is
+    reproduced: loss Σ_c q_c (L1 - d_c); gradient g_j = gi_j - p_j Σ_c gi_c with gi the
+    gradient with respect to log p (nll backward divides by the total weight, +0 here)."""
+    C = su.C
+    with _ctx(max(prec, 4 * MAX_BITS)):
+        m = mpfr(xs[k])
+        d = [mpfr(v) - m for v in xs]
+        e = [gmpy2.exp(v) for v in d]
+        s = gmpy2.fsum(e[:k] + e[k + 1 :])
+        S, L1 = 1 + s, gmpy2.log1p(s)
+        E = mpfr(su.eps)
+        w = [mpfr(v) for v in su.weight] if su.weight is not None else [mpfr(1)] * C
+        den = mpfr(1) if su.denom is None else su.denom
+        if su.probability:
+            q = [((1 - E) * mpfr(tc) + E / C if su.eps else mpfr(tc)) * wc
+                 for tc, wc in zip(target.tolist(), w, strict=False)]
+            lval = gmpy2.fsum([qc * (L1 - dc) for qc, dc in zip(q, d, strict=False)])
+            gi = [-(qc / den) for qc in q]
+        else:
+            # Only reached for a 'mean' with a zero denominator; torch divides the nll part and
+            # the smoothing part separately: (1-ε) (Σ nll / 0) + (ε/C) (Σ smooth / 0).
+            t = int(target)
+            nll = w[t] * (L1 - d[t])
+            smooth = gmpy2.fsum([wc * (L1 - dc) for wc, dc in zip(w, d, strict=False)]) if su.eps else mpfr(0)
+            gi = [mpfr(0)] * C
+            if su.eps:
+                gi = [-wc * ((E / C) / den) for wc in w]
+            gi[t] = gi[t] - w[t] * ((1 - E) / den)
+        sg = gmpy2.fsum(gi) if all(gmpy2.is_finite(v) for v in gi) else sum(gi[1:], gi[0])
+        grads = [gij - (ej / S) * sg for gij, ej in zip(gi, e, strict=False)]
+    zero = mpfr(0)
     if su.probability:
-        f = sigma * Q / S
-        A = [f * ej for ej in e]
-        B = [sigma * qc for qc in q]
-        g = [a - b for a, b in zip(A, B, strict=False)]
-        mags = np.abs(np.array([float(a) for a in A])) + np.abs(np.array([float(b) for b in B]))
+        loss = _Value(lval, zero if not gmpy2.is_finite(lval) else abs(lval) * 2.0**-prec, lval, False, zero, zero)
+    else:  # the two parts travel in head and tail, for _reduce_zero
+        loss = _Value(mpfr(_NAN), zero, nll, False, smooth, zero)
+    if not su.want_grad:
+        return loss, None
+    return loss, [_Value(g, zero if not gmpy2.is_finite(g) else abs(g) * 2.0**-prec, g, False, zero, zero)
+                  for g in grads]
+
+
+def _sticky(v: _Value, prec: int) -> _Value | None:
+    """Decide a value that sits on a rounding boundary to within 2^-prec: when its head is an
+    exact dyadic number and its tail is nonzero with a known sign, the true value is head plus
+    a tail far below the head's last bit. Return head ± 2^(e_head - P), P two bits past the
+    head's precision: it lies on the tail's side of head and strictly nearer head than any
+    other dyadic boundary of <= 54 bits, so it rounds to every format exactly as the true value
+    does (float16 [0x1.f42p+9, 0], target 1: 1000.25 + e^-1000.25 rounds up to 1000.5)."""
+    H, T = v.head, v.tail
+    if not v.head_exact or not isinstance(H, mpfr) or not gmpy2.is_finite(H) or H == 0:
+        return None
+    if isinstance(T, mpfr) and T != 0:
+        if not abs(T) > v.tail_err:
+            return None  # the tail's sign is not known
+        sign = 1 if T > 0 else -1
+    elif v.tail_sign:
+        sign = v.tail_sign  # a tail below MPFR's range (e^-1e9): known sign, negligible size
     else:
-        W = su.wsum
-        a = one_m * wt + eC * W if su.eps else mpfr(wt)
-        f = sigma * a / S
-        g = [f * ej for ej in e]
-        # p_t - 1 = -qt/S with qt = sum_{j != t} e_j: s itself when t is the argmax, else
-        # S - e_t >= S/2 (e_t <= 1 <= S - e_t), so no cancellation either way.
-        qt = s if t == k else S - e[t]
-        if su.eps:
-            h = sigma * eC
-            hw = [h * wc for wc in w] if w is not None else [h] * C
-            mags = np.abs(np.array([float(v) for v in g])) + np.abs(np.array([float(v) for v in hw]))
-            g = [gj - hj for gj, hj in zip(g, hw, strict=False)]
-            gt_a = h * (W - wt)
-            gt_b = f * qt
-            g[t] = gt_a - gt_b
-            mags[t] = abs(float(gt_a)) + abs(float(gt_b))
-        else:
-            g[t] = -(f * qt)
-            mags = None
-    g_hi, g_lo = _split(g)
-    if mags is None:
-        mags = np.abs(g_hi)
-    g_bound = float(_K * u) * mags * (1 + 2.0**-40)
-    return loss, loss_bound, g_hi, g_lo, g_bound
+        return None
+    man, _ = H.as_mantissa_exp()
+    bits = int(man).bit_length() - gmpy2.bit_scan1(gmpy2.mpz(abs(int(man))))  # significant bits
+    P = max(bits, GOOD_BITS + 2) + 2
+    eh = gmpy2.get_exp(H)  # H = f 2^eh, 1/2 <= |f| < 1
+    with _ctx(P + 4):
+        step = gmpy2.mul_2exp(mpfr(1), eh - P)
+        if isinstance(T, mpfr) and not abs(T) + v.tail_err < step:
+            return None  # the tail is not below the head's grid: not a boundary case
+        z = H + sign * step  # exact at P + 4 bits
+        return _Value(z, 2 * step, H, True, T, v.tail_err, v.tail_sign)
 
 
-def _split(vals) -> tuple[np.ndarray, np.ndarray]:
-    """mpfr values -> (hi, lo) float64 arrays, hi = RN(v), lo = RN(v - hi) (exact difference)."""
-    hi = np.array([float(v) for v in vals], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        lo = np.array([float(v - h) for v, h in zip(vals, hi.tolist(), strict=False)], dtype=np.float64)
-    lo[~np.isfinite(hi)] = 0.0
-    return hi, lo
+def _plus_zero(v, bound):
+    """An exact zero is +0: the true value 0 has no sign (IEEE's exact zero sums are +0 too)."""
+    return mpfr(0) if isinstance(v, mpfr) and v == 0 and bound == 0 else v
 
 
-# -- rows in blocks (the unit of parallel work) ----------------------------------------------------
+def _values_stable(vals: list[_Value]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Double-double views, float bounds and the acceptance mask of a list of values."""
+    hi, lo = _split([v.value for v in vals])
+    with np.errstate(over="ignore"):
+        b = np.array([float(v.bound) for v in vals], dtype=np.float64)
+    a = np.abs(hi)
+    far = np.isfinite(hi) & ((a < _DD_MIN) | (a > _DD_MAX) | ~np.isfinite(b))
+    ok = _round_stable(hi, lo, b)
+    for i in np.flatnonzero(far):
+        ok[i] = _stable_mpfr(vals[i].value, vals[i].bound)
+    return hi, lo, b, ok
 
 
-def _rows(x2d: np.ndarray, t, su: _Setup, start_prec: int):
+@dataclass
+class _Block:
+    """What a block of rows sends back: per-row loss values, gradient views and bounds."""
+
+    losses: list  # _Value per row (None for ignored rows)
+    g_hi: np.ndarray | None
+    g_lo: np.ndarray | None
+    g_bound: np.ndarray | None
+    g_mpfr: list | None  # per row, list of mpfr (only when su.keep)
+    bits: int
+    unresolved: int
+    bad: np.ndarray  # rows with NaN loss/gradient
+
+
+def _rows(x2d: np.ndarray, t, su: _Setup, start_prec: int) -> _Block:
     """Evaluate a block of rows; rows whose loss or gradient fails the Ziv test are redone at
-    twice the precision. Returns (losses, loss bounds, grad hi, grad lo, bits, unresolved)."""
+    twice the precision; at MAX_BITS boundary cases are decided by :func:`_sticky`."""
     M, C = x2d.shape
-    losses = [mpfr(0)] * M
-    lbounds = [mpfr(0)] * M
-    g_hi = np.zeros((M, C)) if su.want_grad else None
-    g_lo = np.zeros((M, C)) if su.want_grad else None
-    g_b = np.zeros((M, C)) if su.want_grad else None
+    zero = mpfr(0)
+    losses: list = [None] * M
+    want = su.want_grad
+    g_hi = np.zeros((M, C)) if want else None
+    g_lo = np.zeros((M, C)) if want else None
+    g_b = np.zeros((M, C)) if want else None
+    g_mp = [None] * M if (want and su.keep) else None
     # Rows with NaN or +inf, or all -inf: NaN loss (0 when ignored) and a NaN gradient row.
     bad = np.isnan(x2d).any(axis=1) | np.isposinf(x2d).any(axis=1) | np.isneginf(x2d).all(axis=1)
     ignored = np.zeros(M, bool) if su.probability else (t == su.ignore_index)
     for i in np.flatnonzero(bad & ~ignored):
-        losses[i] = mpfr(_NAN)
-    if su.want_grad:
+        losses[i] = _Value(mpfr(_NAN), zero, mpfr(_NAN), False, zero, zero)
+    if want:
         g_hi[bad] = _NAN
+        if g_mp is not None:
+            for i in np.flatnonzero(bad):
+                g_mp[i] = [mpfr(_NAN)] * C
+            for i in np.flatnonzero(ignored & ~bad):
+                g_mp[i] = [zero] * C
     todo = np.flatnonzero(~bad & ~ignored)
     kmax = np.argmax(np.where(np.isnan(x2d), -np.inf, x2d), axis=1)
     ebits = _exact_bits(x2d, su.prec_in)
     rows = x2d.tolist()
+    ieee = su.denom is not None and su.denom == 0 and not su.probability
+    if su.probability:
+        nonfinite_t = ~np.isfinite(np.asarray(t, dtype=np.float64)).all(axis=1)
     prec, bits, unresolved = start_prec, start_prec, 0
-    with gmpy2.context(gmpy2.get_context()):
-        while todo.size:
-            bits = prec
-            for i in todo.tolist():
-                loss, lb, gh, gl, gb = _row(rows[i], int(kmax[i]), int(ebits[i]), t[i], su, prec)
-                losses[i], lbounds[i] = loss, lb
-                if gh is not None:
-                    g_hi[i], g_lo[i], g_b[i] = gh, gl, gb
-            lh, ll = _split([losses[i] for i in todo])
-            ok = _round_stable(lh, ll, np.array([float(lbounds[i]) for i in todo]))
-            if su.want_grad:
-                ok &= _round_stable(g_hi[todo], g_lo[todo], g_b[todo]).all(axis=1)
-            if prec >= MAX_BITS:
-                unresolved += int((~ok).sum())
-                break
-            todo = todo[~ok]
-            prec = min(2 * prec, MAX_BITS)
-    return losses, lbounds, g_hi, g_lo, bits, unresolved
+    while todo.size:
+        bits = prec
+        redo = []
+        for i in todo.tolist():
+            k = int(kmax[i])
+            if ieee or (su.probability and nonfinite_t[i]):
+                loss, grads = _row_ieee(rows[i], k, t[i], su, prec)
+            else:
+                loss, grads = _row(rows[i], k, int(ebits[i]), t[i], su, prec)
+                if grads is not None and _tied(rows[i], k):
+                    grads = _grad_rational(rows[i], k, t[i], su, prec)
+            vals = [loss] + (grads or [])
+            hi, lo, b, ok = _values_stable(vals)
+            if not ok.all() and prec >= MAX_BITS:
+                for j in np.flatnonzero(~ok):
+                    z = _sticky(vals[j], prec)
+                    if z is not None:
+                        vals[j] = z
+                        ok[j] = True
+                if not ok.all():
+                    unresolved += 1
+                hi, lo, b, _ = _values_stable(vals)
+                ok[:] = True
+            if not ok.all():
+                redo.append(i)
+                continue
+            vals = [_Value(_plus_zero(v.value, v.bound), *dataclasses.astuple(v)[1:]) for v in vals]
+            losses[i] = vals[0]
+            if want:
+                g_hi[i], g_lo[i], g_b[i] = hi[1:], lo[1:], b[1:]
+                if g_mp is not None:
+                    g_mp[i] = [v.value for v in vals[1:]]
+        todo = np.array(redo, dtype=np.int64)
+        prec = min(2 * prec, MAX_BITS)
+    return _Block(losses, g_hi, g_lo, g_b, g_mp, bits, unresolved, bad)
 
 
-def _setup(problem: Problem, want_grad: bool) -> _Setup:
+def _setup(problem: Problem, want_grad: bool, keep: bool = False) -> _Setup:
     C = problem.num_classes
     fmt = problem.format
     w = None if problem.weight is None else problem.weight.astype(np.float64).tolist()
-    with gmpy2.context(gmpy2.get_context(), precision=4400):  # exact sums of input floats
-        wsum = gmpy2.fsum(w) if w is not None else mpfr(C)
+    # Exact sums of input floats: 4400 bits span float64's whole exponent range (and the
+    # counts, < 2^63); the products count * w are formed in MPFR, never as Python floats.
+    with _ctx(4400):
+        wsum = gmpy2.fsum([mpfr(v) for v in w]) if w is not None else mpfr(C)
         denom = None
         if problem.reduction == "mean":
             if problem.probability_target:
@@ -328,18 +641,19 @@ def _setup(problem: Problem, want_grad: bool) -> _Setup:
                     denom = mpfr(int(kept.size))
                 else:
                     counts = np.bincount(kept, minlength=C)
-                    denom = gmpy2.fsum([int(n) * wc for n, wc in zip(counts.tolist(), w, strict=False) if n])
+                    denom = gmpy2.fsum([mpfr(wc) * int(n) for n, wc in zip(counts.tolist(), w, strict=False) if n])
+                    denom = denom + 0  # an exact 0 sum is +0 (IEEE round-to-nearest)
     return _Setup(
         C=C,
         prec_in=fmt.precision,
         eps=problem.label_smoothing,
-        weight=None if w is None else [mpfr(v) for v in w],  # exact (53 <= bits)
+        weight=w,
         wsum=wsum,
-        wnonneg=w is None or min(w) >= 0,
         denom=denom,
         probability=problem.probability_target,
         ignore_index=problem.ignore_index,
         want_grad=want_grad,
+        keep=keep,
     )
 
 
@@ -359,36 +673,35 @@ def _chunks(M: int, C: int, workers: int) -> list[slice]:
     return [slice(i, min(M, i + per)) for i in range(0, M, per)]
 
 
-def evaluate(problem: Problem, *, grad: bool = True, workers: int | None = None) -> Exact:
-    """Reference loss (and gradient) of ``problem`` as double-doubles; see :class:`Exact`."""
+def evaluate(problem: Problem, *, grad: bool = True, workers: int | None = None,
+             keep_mpfr: bool = False) -> Exact:
+    """Reference loss (and gradient) of ``problem`` as double-doubles; see :class:`Exact`.
+
+    ``keep_mpfr`` also keeps every gradient value in MPFR (``Exact.grad_mpfr``, rows order):
+    the values of record, for small problems (the public mpmath API)."""
     x2d, t = problem.rows()
     x2d = x2d.astype(np.float64)  # exact for every supported format
     M, C = x2d.shape
     workers = workers or os.cpu_count() or 1
-    su = _setup(problem, grad)
+    su = _setup(problem, grad, keep_mpfr)
     prec = START_BITS
     while True:
         if workers > 1 and M > 1 and M * C >= _PARALLEL_MIN:
             parts = _chunks(M, C, workers)
             with _pool(workers) as pool:
-                results = list(
+                blocks = list(
                     pool.map(partial(_rows, su=su, start_prec=prec), [x2d[s] for s in parts], [t[s] for s in parts])
                 )
         else:
-            results = [_rows(x2d, t, su, prec)]
-        losses = [v for r in results for v in r[0]]
-        bounds = [v for r in results for v in r[1]]
-        bits = max(r[4] for r in results)
-        unresolved = sum(r[5] for r in results)
-        if grad:
-            g_hi = np.concatenate([r[2] for r in results]) if results else np.empty((0, C))
-            g_lo = np.concatenate([r[3] for r in results]) if results else np.empty((0, C))
-        out, ok = _reduce(problem, su, losses, bounds, prec)
+            blocks = [_rows(x2d, t, su, prec)]
+        losses = [v for b in blocks for v in b.losses]
+        bits = max([b.bits for b in blocks] + [prec])
+        unresolved = sum(b.unresolved for b in blocks)
+        out, lbound, ok = _reduce(problem, su, losses, prec)
         if ok or prec >= MAX_BITS:
             unresolved += not ok
             break
-        prec *= 2
-        bits = max(bits, prec)
+        prec = min(2 * prec, MAX_BITS)
     loss_hi, loss_lo = _split(out)
     shape = problem.output_shape
     exact = Exact(
@@ -397,28 +710,92 @@ def evaluate(problem: Problem, *, grad: bool = True, workers: int | None = None)
         bits=bits,
         unresolved=unresolved,
         loss_mpfr=out,
+        loss_bound=np.array([float(b) for b in lbound], dtype=np.float64).reshape(shape),
     )
     if grad:
-        exact.grad_hi = problem.unrows(g_hi).copy()
-        exact.grad_lo = problem.unrows(g_lo).copy()
+        cat = (lambda name: np.concatenate([getattr(b, name) for b in blocks])) if blocks else (lambda name: np.empty((0, C)))
+        exact.grad_hi = problem.unrows(cat("g_hi")).copy()
+        exact.grad_lo = problem.unrows(cat("g_lo")).copy()
+        exact.grad_bound = problem.unrows(cat("g_bound")).copy()
+        if keep_mpfr:
+            exact.grad_mpfr = [v for b in blocks for row in b.g_mpfr for v in row]
     return exact
 
 
-def _reduce(problem: Problem, su: _Setup, losses: list, bounds: list, prec: int):
-    """Apply the reduction; returns (values, accepted)."""
+def _reduce(problem: Problem, su: _Setup, losses: list, prec: int):
+    """Apply the reduction to the per-row values (None: ignored, 0); returns (values of record,
+    their bounds, accepted). The reduced value is (Σ heads + Σ tails) / denominator, so a sum
+    landing on a rounding boundary is decided by :func:`_sticky` like a single row."""
+    zero = mpfr(0)
+    vals = [v if v is not None else _Value(zero, zero, zero, True, zero, zero) for v in losses]
     if problem.reduction == "none":
-        return losses, True  # every per-row loss already passed its own Ziv test
-    with gmpy2.context(gmpy2.get_context(), precision=prec):
+        return [v.value for v in vals], [v.bound for v in vals], True  # each passed its own test
+    if su.denom is not None and su.denom == 0 and not su.probability:
+        return _reduce_zero(su, losses, prec)
+    if any(isinstance(v.value, mpmath.mpf) for v in vals):
+        return _reduce_deep(problem, su, vals, prec)
+    ph = max([v.head.precision for v in vals] + [prec]) + 64
+    with _ctx(ph) as hctx:
+        hctx.inexact = False
+        H = gmpy2.fsum([v.head for v in vals]) if vals else zero
+        hexact = not hctx.inexact and all(v.head_exact for v in vals)
+    with _ctx(prec):
         u = mpfr(2) ** -prec
-        total = gmpy2.fsum(losses) if losses else mpfr(0)
-        bound = gmpy2.fsum(bounds) + u * abs(total) if bounds else mpfr(0)
+        T = gmpy2.fsum([v.tail for v in vals]) if vals else zero
+        terr = gmpy2.fsum([v.tail_err for v in vals]) if vals else zero
+        total = gmpy2.fsum([v.value for v in vals]) if vals else zero
+        bound = (gmpy2.fsum([v.bound for v in vals]) if vals else zero) + u * abs(total)
         if problem.reduction == "mean":
-            if su.denom == 0:
-                return [mpfr(_NAN)], True
-            total = total / su.denom
-            bound = bound / abs(su.denom) + 2 * u * abs(total)
-    hi, lo = _split([total])
-    return [total], bool(_round_stable(hi, lo, np.array([float(bound)]))[0])
+            den = su.denom
+            with _ctx(ph) as hctx:
+                hctx.inexact = False
+                H = H / den
+                hexact = hexact and not hctx.inexact
+            T, terr = T / den, terr / abs(den) * (1 + 2 * u)
+            total = total / den
+            bound = bound / abs(den) + 2 * u * abs(total) if gmpy2.is_finite(total) else zero
+    v = _Value(total, bound, H, hexact, T, terr)
+    _, _, _, ok = _values_stable([v])
+    if not ok[0] and prec >= MAX_BITS:
+        z = _sticky(v, prec)
+        if z is not None:
+            return [z.value], [z.bound], True
+    return [_plus_zero(v.value, v.bound)], [v.bound], bool(ok[0])
+
+
+def _reduce_zero(su: _Setup, losses: list, prec: int):
+    """A 'mean' whose kept target weights sum to 0 (or with every sample ignored), as torch
+    computes it: (1-ε) (Σ_n nll_n / 0) + (ε/C) (Σ_n smooth_n / 0) in IEEE arithmetic: +-inf for a
+    nonzero numerator, NaN for 0/0 (so NaN whenever ε = 1: 0 * (x/0))."""
+    kept = [v for v in losses if v is not None]
+    with _ctx(4 * MAX_BITS):
+        den = mpfr(0)
+        nll = gmpy2.fsum([v.head for v in kept]) if kept else mpfr(0)
+        out = (1 - mpfr(su.eps)) * (nll / den)
+        if su.eps:
+            smooth = gmpy2.fsum([v.tail for v in kept]) if kept else mpfr(0)
+            out = out + mpfr(su.eps) / su.C * (smooth / den)
+    return [out], [mpfr(0)], True
+
+
+def _reduce_deep(problem: Problem, su: _Setup, vals: list, prec: int):
+    """The reduction when some per-sample losses are below MPFR's range (mpmath values): the sum
+    is formed in mpmath (unbounded exponents) from exact conversions, then divided."""
+    with mpmath.workprec(prec + 64):
+        total = mpmath.fsum([_mpf(v.value) for v in vals])
+        bound = mpmath.fsum([_mpf(v.bound) if not isinstance(v.bound, float) else mpmath.mpf(v.bound)
+                             for v in vals]) + abs(total) * mpmath.mpf(2) ** -prec
+        if problem.reduction == "mean":
+            den = _mpf(su.denom)
+            total = total / den
+            bound = bound / abs(den) + abs(total) * mpmath.mpf(2) ** (1 - prec)
+    if total != 0 and abs(int(total.exp) + int(total.man).bit_length()) < 2**29:
+        with _ctx(int(total.man).bit_length() + 2):
+            tv = gmpy2.mul_2exp(mpfr(int(total.man)), int(total.exp))
+        v = _Value(tv, mpfr(float(bound)) if float(bound) else mpfr(0), tv, False, mpfr(0), mpfr(0))
+        _, _, _, ok = _values_stable([v])
+        return [tv], [v.bound], bool(ok[0])
+    return [total], [mpfr(0)], True  # below every format's range: rounds to a signed zero
 
 
 def evaluate_many(problems: list[Problem], *, grad: bool = True, workers: int | None = None) -> list[Exact]:
@@ -434,6 +811,8 @@ def evaluate_many(problems: list[Problem], *, grad: bool = True, workers: int | 
 
 
 def _to_mpf(v) -> mpmath.mpf:
+    if isinstance(v, mpmath.mpf):
+        return +v
     if gmpy2.is_nan(v):
         return mpmath.mpf("nan")
     if gmpy2.is_infinite(v):
@@ -445,7 +824,9 @@ def _to_mpf(v) -> mpmath.mpf:
 def _to_mpf_array(values) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     # mpf() rounds to the working precision, so build the values at more bits than they have.
-    with mpmath.workprec(MAX_BITS * 2 + 64):
+    bits = max([v.precision if isinstance(v, mpfr) else int(v.man).bit_length() for v in values
+                if not isinstance(v, mpfr) or gmpy2.is_finite(v)], default=53)
+    with mpmath.workprec(bits + 64):
         out[:] = [_to_mpf(v) for v in values]
     return out
 
@@ -476,17 +857,13 @@ def cross_entropy_grad(
     logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0
 ) -> np.ndarray:
     """Exact gradient of :func:`cross_entropy` w.r.t. the logits (for 'none': of the sum of the
-    per-sample losses), an object array of ``mpmath.mpf`` with the logits' shape.
-
-    Values are rebuilt from the double-double (hi + lo), which carries >= 106 bits for every
-    value within float64's range."""
+    per-sample losses), an object array of ``mpmath.mpf`` with the logits' shape, >= 106
+    correct bits for every value however small or large (the MPFR values of record, not the
+    double-double view)."""
     problem = _problem(logits, target, weight, ignore_index, reduction, label_smoothing)
-    exact = evaluate(problem, grad=True)
-    hi, lo = exact.grad_hi.ravel().tolist(), exact.grad_lo.ravel().tolist()
-    out = np.empty(len(hi), dtype=object)
-    with mpmath.workprec(2200):  # hi + lo is exact at this precision
-        out[:] = [mpmath.mpf(h) + mpmath.mpf(lo_) if lo_ else mpmath.mpf(h) for h, lo_ in zip(hi, lo, strict=False)]
-    return out.reshape(problem.logits.shape)
+    exact = evaluate(problem, grad=True, keep_mpfr=True)
+    flat = _to_mpf_array(exact.grad_mpfr)
+    return problem.unrows(flat.reshape(-1, problem.num_classes)).copy()
 
 
 def rounded(values: np.ndarray, dtype) -> np.ndarray:
