@@ -186,7 +186,7 @@ def _round_fmt(v, fmt) -> float:
     """RN_fmt(v) for an MPFR value, with the format's subnormals and overflow (IEEE)."""
     with gmpy2.context(gmpy2.get_context(), precision=fmt.precision, subnormalize=True,
                        emin=fmt.emin - fmt.precision + 2, emax=fmt.emax + 1):
-        return float(gmpy2.mpfr(v) + 0)
+        return float(gmpy2.mpfr(v) * 1)  # "* 1" rounds once and keeps the sign of -0
 
 
 def _split(vals) -> tuple[np.ndarray, np.ndarray]:
@@ -324,7 +324,8 @@ def _row(xs: list, k: int, exact_bits: int, target, su: _Setup, prec: int) -> tu
         lbound = u * abs(lval) + lt_err + (0 if head_exact else u / 2 * lmag)
     loss = _Value(lval, lbound, lhead, head_exact, ltail, lt_err)
     if deep is not None and deep.s is not None:
-        loss = _deep_value(loss, _mpf(coef) * deep.s, prec)
+        with mpmath.workprec(prec + 16):
+            loss = _deep_value(loss, _mpf(coef) * deep.s, prec)
     if not su.want_grad:
         return loss, None
 
@@ -356,11 +357,12 @@ def _row(xs: list, k: int, exact_bits: int, target, su: _Setup, prec: int) -> tu
                 b += u / 2 * (hm if inv is None else hm / abs(inv))
             grads.append(_Value(val, b, heads[j], hexact, tail, terr))
     if deep is not None:
-        sc = _mpf(scale)
-        for j, ej in deep.e.items():
-            grads[j] = _deep_value(grads[j], sc * ej, prec)  # S = 1 + s, s's part negligible
-        if deep.s is not None:
-            grads[k] = _deep_value(grads[k], -sc * deep.s, prec)
+        with mpmath.workprec(prec + 16):
+            sc = _mpf(scale) / _mpf(S)
+            for j, ej in deep.e.items():
+                grads[j] = _deep_value(grads[j], sc * ej, prec)
+            if deep.s is not None:
+                grads[k] = _deep_value(grads[k], -sc * deep.s, prec)
     return loss, grads
 
 
@@ -373,6 +375,12 @@ class _Deep:
 #: MPFR (as gmpy2 builds it) holds exponents down to about -2^30; an s below 2^-(2^29) is
 #: recomputed in mpmath, whose exponents are unbounded.
 _DEEP_S = mpfr(2) ** -(2**29)
+
+
+def _signed_man_exp(v: mpmath.mpf) -> tuple[int, int]:
+    """v = man * 2^exp exactly (mpf.man is the unsigned mantissa; the sign is kept apart)."""
+    sign, man, exp, _ = v._mpf_
+    return (-int(man) if sign else int(man)), int(exp)
 
 
 def _mpf(v) -> mpmath.mpf:
@@ -789,9 +797,10 @@ def _reduce_deep(problem: Problem, su: _Setup, vals: list, prec: int):
             den = _mpf(su.denom)
             total = total / den
             bound = bound / abs(den) + abs(total) * mpmath.mpf(2) ** (1 - prec)
-    if total != 0 and abs(int(total.exp) + int(total.man).bit_length()) < 2**29:
-        with _ctx(int(total.man).bit_length() + 2):
-            tv = gmpy2.mul_2exp(mpfr(int(total.man)), int(total.exp))
+    man, exp = _signed_man_exp(total)
+    if total != 0 and abs(exp + man.bit_length()) < 2**29:
+        with _ctx(man.bit_length() + 2):
+            tv = gmpy2.mul_2exp(mpfr(man), exp)
         v = _Value(tv, mpfr(float(bound)) if float(bound) else mpfr(0), tv, False, mpfr(0), mpfr(0))
         _, _, _, ok = _values_stable([v])
         return [tv], [v.bound], bool(ok[0])
@@ -877,13 +886,13 @@ def rounded(values: np.ndarray, dtype) -> np.ndarray:
         if not mpmath.isfinite(v):
             out.append(float(v))
             continue
-        man, exp = int(v.man), int(v.exp)
+        man, exp = _signed_man_exp(v)
         with gmpy2.context(gmpy2.get_context(), precision=max(man.bit_length(), 2) + 2,
                            emin=-(2**30), emax=2**30):
             exact = gmpy2.mul_2exp(gmpy2.mpfr(man), exp)
         with gmpy2.context(gmpy2.get_context(), precision=fmt.precision, subnormalize=True,
                            emin=fmt.emin - fmt.precision + 2, emax=fmt.emax + 1):
-            out.append(float(gmpy2.mpfr(exact) + 0))
+            out.append(float(gmpy2.mpfr(exact) * 1))  # "* 1" keeps -0 (x + 0 would not)
     # Every value is now exactly representable in fmt, so this cast rounds nothing.
     return np.array(out, dtype=np.float64).astype(fmt.dtype).reshape(np.shape(values))
 
