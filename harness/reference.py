@@ -561,6 +561,15 @@ class _Block:
     unresolved: int
     bad: np.ndarray  # rows with NaN loss/gradient
 
+    @staticmethod
+    def concat(parts: list[_Block], C: int) -> _Block:
+        def cat(name):
+            arrs = [getattr(p, name) for p in parts]
+            return None if arrs[0] is None else np.concatenate(arrs) if arrs else np.empty((0, C))
+        mp = None if parts[0].g_mpfr is None else [r for p in parts for r in p.g_mpfr]
+        return _Block([v for p in parts for v in p.losses], cat("g_hi"), cat("g_lo"), cat("g_bound"), mp,
+                      max(p.bits for p in parts), sum(p.unresolved for p in parts), cat("bad"))
+
 
 def _rows(x2d: np.ndarray, t, su: _Setup, start_prec: int) -> _Block:
     """Evaluate a block of rows; rows whose loss or gradient fails the Ziv test are redone at
@@ -681,52 +690,116 @@ def _chunks(M: int, C: int, workers: int) -> list[slice]:
     return [slice(i, min(M, i + per)) for i in range(0, M, per)]
 
 
+@dataclass
+class GradBlock:
+    """The reference gradient of consecutive rows ``rows`` of ``problem.rows()``, (r, C) arrays:
+    double-double view (hi = RN_float64(v), lo) and a rigorous bound on |hi + lo - v|."""
+
+    rows: slice
+    hi: np.ndarray
+    lo: np.ndarray
+    bound: np.ndarray
+
+
+#: Logits per block of :class:`Blocks` (a block's working arrays are a few times this in bytes).
+BLOCK_LOGITS = 1 << 22
+
+
+class Blocks:
+    """Evaluate one problem in row blocks, in memory bounded by the block size whatever N*C is
+    (an 8192 x 128256 language-model batch has 1.05e9 logits; its float64 gradient views would
+    take 17 GB). Iterate to get :class:`GradBlock` s in row order; then :meth:`loss` gives the
+    loss (an :class:`Exact` without gradient). ``evaluate`` is this, concatenated."""
+
+    def __init__(self, problem: Problem, *, grad: bool = True, workers: int | None = None,
+                 keep_mpfr: bool = False, block_logits: int = BLOCK_LOGITS):
+        self.problem = problem
+        self.grad = grad
+        self.workers = workers or os.cpu_count() or 1
+        self.su = _setup(problem, grad, keep_mpfr)
+        self.C = problem.num_classes
+        M = problem.num_samples if problem.logits.ndim > 1 else 1
+        per = max(1, block_logits // max(self.C, 1))
+        self.slices = [slice(i, min(M, i + per)) for i in range(0, M, per)] or [slice(0, 0)]
+        self._losses: list = []
+        self._bits, self._unresolved, self._done = START_BITS, 0, False
+        self.grad_mpfr: list = []
+
+    def _block(self, rows: slice, su: _Setup, prec: int) -> _Block:
+        x2d, t = self.problem.rows()
+        xb = np.asarray(x2d[rows], dtype=np.float64)  # exact for every supported format
+        tb = t[rows]
+        M, C = xb.shape
+        if self.workers > 1 and M > 1 and M * C >= _PARALLEL_MIN:
+            parts = _chunks(M, C, self.workers)
+            with _pool(self.workers) as pool:
+                blocks = list(pool.map(partial(_rows, su=su, start_prec=prec),
+                                       [xb[p] for p in parts], [tb[p] for p in parts]))
+            return _Block.concat(blocks, C)
+        return _rows(xb, tb, su, prec)
+
+    def __iter__(self):
+        for rows in self.slices:
+            b = self._block(rows, self.su, START_BITS)
+            self._losses.extend(b.losses)
+            self._bits = max(self._bits, b.bits)
+            self._unresolved += b.unresolved
+            if b.g_mpfr is not None:
+                self.grad_mpfr.extend(v for row in b.g_mpfr for v in row)
+            if self.grad:
+                yield GradBlock(rows, b.g_hi, b.g_lo, b.g_bound)
+        self._done = True
+
+    def loss(self) -> Exact:
+        if not self._done:
+            for _ in self:
+                pass
+        problem, su, prec = self.problem, self.su, START_BITS
+        losses, bits, unresolved = self._losses, self._bits, self._unresolved
+        while True:
+            out, lbound, ok = _reduce(problem, su, losses, prec)
+            if ok or prec >= MAX_BITS:
+                unresolved += not ok
+                break
+            # The reduction needs more bits than its rows: redo the losses alone, higher.
+            prec = min(2 * prec, MAX_BITS)
+            bits = max(bits, prec)
+            lsu = dataclasses.replace(su, want_grad=False, keep=False)
+            losses = [v for rows in self.slices for v in self._block(rows, lsu, prec).losses]
+        loss_hi, loss_lo = _split(out)
+        shape = problem.output_shape
+        return Exact(
+            loss_hi=loss_hi.reshape(shape),
+            loss_lo=loss_lo.reshape(shape),
+            bits=bits,
+            unresolved=unresolved,
+            loss_mpfr=out,
+            loss_bound=np.array([float(b) for b in lbound], dtype=np.float64).reshape(shape),
+        )
+
+
+def blocks(problem: Problem, **kwargs) -> Blocks:
+    """See :class:`Blocks`."""
+    return Blocks(problem, **kwargs)
+
+
 def evaluate(problem: Problem, *, grad: bool = True, workers: int | None = None,
              keep_mpfr: bool = False) -> Exact:
     """Reference loss (and gradient) of ``problem`` as double-doubles; see :class:`Exact`.
 
     ``keep_mpfr`` also keeps every gradient value in MPFR (``Exact.grad_mpfr``, rows order):
     the values of record, for small problems (the public mpmath API)."""
-    x2d, t = problem.rows()
-    x2d = x2d.astype(np.float64)  # exact for every supported format
-    M, C = x2d.shape
-    workers = workers or os.cpu_count() or 1
-    su = _setup(problem, grad, keep_mpfr)
-    prec = START_BITS
-    while True:
-        if workers > 1 and M > 1 and M * C >= _PARALLEL_MIN:
-            parts = _chunks(M, C, workers)
-            with _pool(workers) as pool:
-                blocks = list(
-                    pool.map(partial(_rows, su=su, start_prec=prec), [x2d[s] for s in parts], [t[s] for s in parts])
-                )
-        else:
-            blocks = [_rows(x2d, t, su, prec)]
-        losses = [v for b in blocks for v in b.losses]
-        bits = max([b.bits for b in blocks] + [prec])
-        unresolved = sum(b.unresolved for b in blocks)
-        out, lbound, ok = _reduce(problem, su, losses, prec)
-        if ok or prec >= MAX_BITS:
-            unresolved += not ok
-            break
-        prec = min(2 * prec, MAX_BITS)
-    loss_hi, loss_lo = _split(out)
-    shape = problem.output_shape
-    exact = Exact(
-        loss_hi=loss_hi.reshape(shape),
-        loss_lo=loss_lo.reshape(shape),
-        bits=bits,
-        unresolved=unresolved,
-        loss_mpfr=out,
-        loss_bound=np.array([float(b) for b in lbound], dtype=np.float64).reshape(shape),
-    )
+    ev = Blocks(problem, grad=grad, workers=workers, keep_mpfr=keep_mpfr)
+    parts = list(ev)
+    exact = ev.loss()
     if grad:
-        cat = (lambda name: np.concatenate([getattr(b, name) for b in blocks])) if blocks else (lambda name: np.empty((0, C)))
-        exact.grad_hi = problem.unrows(cat("g_hi")).copy()
-        exact.grad_lo = problem.unrows(cat("g_lo")).copy()
-        exact.grad_bound = problem.unrows(cat("g_bound")).copy()
+        C = problem.num_classes
+        cat = (lambda name: np.concatenate([getattr(b, name) for b in parts])) if parts else (lambda name: np.empty((0, C)))
+        exact.grad_hi = problem.unrows(cat("hi")).copy()
+        exact.grad_lo = problem.unrows(cat("lo")).copy()
+        exact.grad_bound = problem.unrows(cat("bound")).copy()
         if keep_mpfr:
-            exact.grad_mpfr = [v for b in blocks for row in b.g_mpfr for v in row]
+            exact.grad_mpfr = ev.grad_mpfr
     return exact
 
 
