@@ -1,8 +1,13 @@
 """One cross-entropy evaluation, with exactly the arguments of ``torch.nn.functional.cross_entropy``.
 
-A :class:`Problem` is validated on construction; anything PyTorch would reject (and a few things
-it silently accepts but that make no sense, such as a weight with NaN) raises
-:class:`ProblemError`, a ``ValueError`` whose message starts with the offending field.
+A :class:`Problem` is validated on construction; anything PyTorch 2.x rejects raises
+:class:`ProblemError`, a ``ValueError`` whose one-line message starts with the offending field
+and says the fix. Deliberate departures, explained in docs/semantics.md ("Arguments"): class
+indices must be int64 (PyTorch also takes uint8 on some code paths but not on others), and an
+unbatched (C,) input needs a 0-d target (PyTorch's forward also takes a (1,) target, but its
+backward and its label-smoothing path reject it); both are stricter than PyTorch. Looser: index
+targets with logits (N, 0, d), which PyTorch 2.13 alone among the C = 0 shapes rejects (a
+reshape bug). ``tests/test_contract.py`` checks every decision against the installed torch.
 
 Conventions (PyTorch's):
 
@@ -12,13 +17,20 @@ Conventions (PyTorch's):
   or class probabilities (a float array with the logits' shape).
 * ``weight`` and probability targets are stored in the logits' dtype, because PyTorch requires
   them in that dtype; a value that is not representable is rounded once here, and the reference
-  uses the rounded value.
+  uses the rounded value. A finite weight that would overflow to inf in that rounding is an
+  error (the harness must not invent an inf); NaN and ±inf weights given as such are accepted,
+  as PyTorch accepts them.
+* ``label_smoothing`` is stored canonically: PyTorch treats every value that is not > 0
+  (negative, -0.0, NaN, -inf) as no smoothing, so those are stored as 0.0.
+* C = 0 (an empty class axis) is valid where PyTorch accepts it: probability targets, or index
+  targets that are all ``ignore_index`` (in particular N = 0).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import numbers
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -27,10 +39,28 @@ import numpy as np
 from harness.formats import DTYPE_NAMES, Format, format_of
 
 REDUCTIONS = ("mean", "sum", "none")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class ProblemError(ValueError):
     """An invalid cross-entropy problem; the message names the field and the fix."""
+
+
+def _label_smoothing(value) -> float:
+    """PyTorch's float argument takes Python and NumPy real scalars (bool included) and rejects
+    str, bytes, None, complex and arrays; it raises for values > 1 and treats every value that is
+    not > 0 (negative, -0.0, NaN, -inf) as no smoothing, which is stored as 0.0."""
+    if isinstance(value, np.ndarray) or not isinstance(value, numbers.Real):
+        raise ProblemError(
+            f"label_smoothing: must be a real number (float) in [0, 1], got {type(value).__name__} "
+            f"{value!r}; pass a float such as 0.1"
+        )
+    eps = float(value)
+    if eps > 1.0:
+        raise ProblemError(
+            f"label_smoothing: must be at most 1 (PyTorch raises for larger values), got {eps!r}"
+        )
+    return eps if eps > 0.0 else 0.0
 
 
 def _as_float_array(name: str, value, dtype: np.dtype | None) -> np.ndarray:
@@ -78,50 +108,59 @@ class Problem:
             raise ProblemError("logits: must have shape (C,), (N, C) or (N, C, d1, ..., dk); got a scalar")
         class_axis = 0 if logits.ndim == 1 else 1
         n_classes = logits.shape[class_axis]
-        if n_classes == 0:
-            raise ProblemError("logits: the class axis is empty (C = 0); give at least one class")
         set_(self, "logits", _frozen(logits))
 
         if self.reduction not in REDUCTIONS:
             raise ProblemError(
                 f"reduction: unknown value {self.reduction!r}; use 'mean', 'sum' or 'none'"
             )
-        if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, (int, np.integer)):
-            raise ProblemError(f"ignore_index: must be an integer, got {self.ignore_index!r}")
-        set_(self, "ignore_index", int(self.ignore_index))
-        try:
-            eps = float(self.label_smoothing)
-        except (TypeError, ValueError):
+        ignore_index = self.ignore_index
+        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+            raise ProblemError(f"ignore_index: must be an integer, got {ignore_index!r}")
+        ignore_index = int(ignore_index)
+        if not INT64_MIN <= ignore_index <= INT64_MAX:
             raise ProblemError(
-                f"label_smoothing: must be a number in [0, 1], got {self.label_smoothing!r}"
-            ) from None
-        if not 0.0 <= eps <= 1.0:
-            raise ProblemError(f"label_smoothing: must lie in [0, 1], got {eps!r}")
-        set_(self, "label_smoothing", eps)
+                f"ignore_index: {ignore_index} does not fit in int64 (PyTorch raises 'Overflow when "
+                "unpacking long long'); use a value in [-2**63, 2**63 - 1], e.g. the default -100"
+            )
+        set_(self, "ignore_index", ignore_index)
+        set_(self, "label_smoothing", _label_smoothing(self.label_smoothing))
 
         target = np.asarray(self.target)
         if target.dtype.kind == "b":
             raise ProblemError("target: boolean targets are not allowed; use class indices (int64) or probabilities")
         if target.dtype.kind in "iu":
+            if target.dtype.kind != "i" or target.dtype.itemsize != 8:
+                raise ProblemError(
+                    f"target: class indices must be int64 (PyTorch's Long), got {target.dtype.name}; "
+                    "use target.astype(np.int64)"
+                )
             expected = logits.shape[:class_axis] + logits.shape[class_axis + 1 :]
             if target.shape != expected:
+                hint = " (an unbatched input takes a 0-d target)" if logits.ndim == 1 else ""
                 raise ProblemError(
                     f"target: class-index targets must have shape {expected} for logits of shape "
-                    f"{logits.shape}, got {target.shape}"
+                    f"{logits.shape}, got {target.shape}{hint}"
                 )
-            target = target.astype(np.int64)
-            bad = (target != self.ignore_index) & ((target < 0) | (target >= n_classes))
+            target = target.astype(np.int64)  # native byte order
+            bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
             if bad.any():
                 value = int(target[bad].flat[0])
+                hint = "; with C = 0 every target must be ignore_index" if n_classes == 0 else ""
                 raise ProblemError(
                     f"target: class index {value} is outside [0, {n_classes}) and is not "
-                    f"ignore_index ({self.ignore_index})"
+                    f"ignore_index ({ignore_index}){hint}"
                 )
         elif target.dtype.kind == "f" or target.dtype.name == "bfloat16":
             if target.shape != logits.shape:
                 raise ProblemError(
                     f"target: probability targets must have the logits' shape {logits.shape}, got "
                     f"{target.shape} (class indices must be an integer array)"
+                )
+            if ignore_index >= 0:
+                raise ProblemError(
+                    f"ignore_index: PyTorch does not support ignore_index with probability targets "
+                    f"(got {ignore_index}); leave the default -100 (any negative value is ignored)"
                 )
             target = _as_float_array("target", target, logits.dtype)
         else:
@@ -131,15 +170,19 @@ class Problem:
         set_(self, "target", _frozen(target))
 
         if self.weight is not None:
-            weight = _as_float_array("weight", self.weight, logits.dtype)
+            given = np.asarray(self.weight)
+            weight = _as_float_array("weight", given, logits.dtype)
             if weight.shape != (n_classes,):
                 raise ProblemError(
                     f"weight: must have shape ({n_classes},), one entry per class, got {weight.shape}"
                 )
-            if not np.isfinite(weight.astype(np.float64)).all():
+            with np.errstate(over="ignore", invalid="ignore"):
+                overflow = np.isfinite(given.astype(np.float64)) & ~np.isfinite(weight.astype(np.float64))
+            if overflow.any():
+                value = given.reshape(-1)[np.flatnonzero(overflow)[0]].item()
                 raise ProblemError(
-                    f"weight: must be finite in {logits.dtype.name}; found NaN or inf (or a value "
-                    "that overflows that dtype)"
+                    f"weight: {value!r} overflows {logits.dtype.name} (it would become inf); give a "
+                    f"value in that dtype's range, or inf itself if you mean it"
                 )
             set_(self, "weight", _frozen(weight))
 
@@ -203,9 +246,10 @@ class Problem:
     # -- views -------------------------------------------------------------------------------------
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
         """Logits as (M, C) rows (class axis last) and targets as (M,) or (M, C)."""
-        x = np.moveaxis(self.logits, self.class_axis, -1).reshape(-1, self.num_classes)
+        M, C = self.num_samples, self.num_classes  # explicit: reshape(-1, 0) is ambiguous
+        x = np.moveaxis(self.logits, self.class_axis, -1).reshape(M, C)
         if self.probability_target:
-            t = np.moveaxis(self.target, self.class_axis, -1).reshape(-1, self.num_classes)
+            t = np.moveaxis(self.target, self.class_axis, -1).reshape(M, C)
         else:
             t = self.target.reshape(-1)
         return x, t

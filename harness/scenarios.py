@@ -423,6 +423,14 @@ def _check_params(kind: str, params: Mapping, where: str) -> None:
         raise ValueError(f"{where}: target must be one of {', '.join(TARGET_MODES)}")
     if params.get("weight") not in (None, *WEIGHT_MODES):
         raise ValueError(f"{where}: weight must be one of {', '.join(WEIGHT_MODES)}")
+    ignore_index = params.get("ignore_index", -100)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"{where}: ignore_index must be an integer, got {ignore_index!r}")
+    if params.get("target", "index") != "index" and ignore_index >= 0:
+        raise ValueError(
+            f"{where}: ignore_index must be negative with probability targets (PyTorch rejects "
+            f"ignore_index >= 0 for them), got {ignore_index}"
+        )
 
 
 def _expand(entry: dict, defaults: dict, index: int) -> Iterable[Scenario]:

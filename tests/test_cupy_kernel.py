@@ -808,6 +808,22 @@ def test_emulated_empty_batch(emulator):
     assert run.loss_host().shape == (0,)
 
 
+def test_emulated_empty_class_axis(emulator):
+    """C = 0 launches nothing and returns PyTorch's values (docs/semantics.md, Shapes)."""
+    ignored = np.full(3, -100, np.int64)
+    for target, eps, red, expect in (
+        (ignored, 0.0, "none", [0.0, 0.0, 0.0]),
+        (ignored, 0.1, "none", [math.nan] * 3),
+        (ignored, 0.0, "sum", 0.0),
+        (ignored, 0.1, "sum", math.nan),
+        (np.zeros((3, 0), np.float32), 0.0, "mean", math.nan),
+    ):
+        p = Problem(np.zeros((3, 0), np.float32), target, reduction=red, label_smoothing=eps)
+        run = emulator.run(p, True)
+        np.testing.assert_array_equal(run.loss_host(), np.array(expect, np.float32))
+        assert run.grad_host().shape == (3, 0)
+
+
 def test_emulated_kernels_launched(emulator):
     """The fused 'mean' over index targets runs the denominator kernel first."""
     p = random_problem(np.random.default_rng(0), "float32", (40, 16), reduction="mean")

@@ -15,22 +15,27 @@ BAD = [
     ({"logits": np.zeros((4, 3), np.int32)}, "logits", "float"),
     ({"logits": np.zeros((4, 3), np.complex64)}, "logits", "unsupported dtype"),
     ({"logits": np.float32(1.0)}, "logits", "shape"),
-    ({"logits": np.zeros((4, 0), np.float32), "target": np.zeros(4, np.int64)}, "logits", "C = 0"),
+    ({"logits": np.zeros((4, 0), np.float32), "target": np.zeros(4, np.int64)}, "target", "outside [0, 0)"),
     ({"target": np.array([0, 1, 2])}, "target", "shape (4,)"),
     ({"target": np.array([0, 1, 3, 1])}, "target", "outside [0, 3)"),
     ({"target": np.array([0, -1, 2, 1])}, "target", "outside [0, 3)"),
     ({"target": np.array([True, False, True, False])}, "target", "boolean"),
     ({"target": np.zeros((4, 2), np.float32)}, "target", "logits' shape"),
     ({"target": np.array(["a", "b", "c", "d"])}, "target", "neither"),
+    ({"target": np.array([0, 1, 2, 1], np.int32)}, "target", "use target.astype(np.int64)"),
+    ({"target": np.array([0, 1, 2, 1], np.uint8)}, "target", "int64"),
+    ({"logits": np.zeros(3, np.float32), "target": np.array([1])}, "target", "0-d target"),
     ({"weight": np.ones(2)}, "weight", "shape (3,)"),
-    ({"weight": np.array([1.0, np.nan, 1.0])}, "weight", "finite"),
-    ({"weight": np.array([1.0, np.inf, 1.0])}, "weight", "finite"),
     ({"logits": np.zeros((4, 3), np.float16), "weight": np.array([1.0, 1e6, 1.0])}, "weight", "overflows"),
-    ({"label_smoothing": 1.5}, "label_smoothing", "[0, 1]"),
-    ({"label_smoothing": -0.1}, "label_smoothing", "[0, 1]"),
-    ({"label_smoothing": float("nan")}, "label_smoothing", "[0, 1]"),
+    ({"label_smoothing": 1.5}, "label_smoothing", "at most 1"),
+    ({"label_smoothing": float("inf")}, "label_smoothing", "at most 1"),
+    ({"label_smoothing": "0.1"}, "label_smoothing", "real number"),
+    ({"label_smoothing": None}, "label_smoothing", "real number"),
     ({"reduction": "avg"}, "reduction", "'mean', 'sum' or 'none'"),
     ({"ignore_index": 1.5}, "ignore_index", "integer"),
+    ({"ignore_index": True}, "ignore_index", "integer"),
+    ({"ignore_index": 2**70}, "ignore_index", "int64"),
+    ({"target": np.full((4, 3), 1 / 3), "ignore_index": 0}, "ignore_index", "-100"),
 ]
 
 
@@ -68,6 +73,44 @@ def test_shapes_and_dtypes(dtype):
 def test_empty_batch_is_valid():
     p = Problem(np.zeros((0, 3)), np.zeros(0, np.int64))
     assert p.num_samples == 0 and p.output_shape == ()
+
+
+@pytest.mark.parametrize(
+    "logits, target",
+    [
+        (np.zeros((0, 0)), np.zeros(0, np.int64)),
+        (np.zeros((3, 0)), np.full(3, -100)),
+        (np.zeros((3, 0)), np.zeros((3, 0))),
+        (np.zeros(0), np.array(-100)),
+        (np.zeros((2, 0, 3)), np.full((2, 3), 7)),
+    ],
+    ids=["N0C0", "ignored", "prob", "unbatched", "kdim"],
+)
+def test_an_empty_class_axis_is_valid(logits, target):
+    ignore = 7 if logits.ndim == 3 else -100
+    p = Problem(logits, target, weight=np.zeros(0), ignore_index=ignore, reduction="none")
+    assert p.num_classes == 0 and p.output_shape == p.sample_shape
+    x, _ = p.rows()
+    assert x.shape == (p.num_samples, 0)
+    np.testing.assert_array_equal(p.unrows(x), p.logits)
+
+
+def test_accepted_values_that_torch_treats_alike_are_canonical():
+    base = Problem(X, T)
+    for eps in (-0.1, -0.0, float("nan"), -float("inf")):
+        p = Problem(X, T, label_smoothing=eps)
+        assert p.label_smoothing == 0.0 and p.digest == base.digest
+    assert Problem(X, T, label_smoothing=True).label_smoothing == 1.0
+    assert Problem(X, T, label_smoothing=np.float32(0.5)).label_smoothing == 0.5
+    assert Problem(X, T.astype(">i8")).target.dtype == np.dtype(np.int64)
+    assert Problem(X, T, ignore_index=2**63 - 1).ignore_index == 2**63 - 1
+    assert Problem(X, np.full((4, 3), 1 / 3), ignore_index=-1).ignore_index == -1
+
+
+def test_nonfinite_weights_are_valid():
+    for bad in (np.nan, np.inf, -np.inf):
+        p = Problem(X, T, weight=np.array([1.0, bad, 1.0]))
+        assert p.weight.dtype == np.float32 and not np.isfinite(p.weight[1])
 
 
 def test_digest_is_stable_and_sensitive():

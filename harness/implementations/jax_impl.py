@@ -111,13 +111,15 @@ def _build(
             if reduction == "none":
                 return per
             total = jnp.sum(per)
-            return total / per.size if reduction == "mean" else total
+            # PyTorch divides by numel / C, which is 0/0 = NaN when C = 0
+            return total / (per.size if num_classes else 0) if reduction == "mean" else total
 
         ignored = t == ignore_index
         y = jnp.where(ignored, 0, t)
         nll = optax.softmax_cross_entropy_with_integer_labels(x, y, axis=class_axis)
         if has_weight:
-            wy = jnp.where(ignored, 0, jnp.take(w, y))
+            # C = 0: every target is ignored, and jnp.take refuses an empty axis
+            wy = jnp.where(ignored, 0, jnp.take(w, y)) if num_classes else jnp.zeros(y.shape, cdt)
             nll = wy * nll
         else:
             wy = jnp.where(ignored, 0, 1).astype(cdt)
