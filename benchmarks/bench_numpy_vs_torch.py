@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 
-from harness.implementations.numpy_stable import NumpyStable, default_num_threads
+from harness.implementations.numpy_stable import NumpyStable
+from harness.registry import default_threads as default_num_threads
 from harness.problem import Problem
 
 SHAPES = ((4096, 1024), (256, 32768), (32, 262144))

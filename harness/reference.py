@@ -9,21 +9,38 @@ converted exactly, and the formulas never subtract nearly equal quantities:
   s = sum_{j != k} e_j (a correctly rounded sum, ``mpfr_sum``), S = 1 + s;
 * -log p_c = (m - x_c) + log1p(s): both terms are >= 0, so a tiny loss keeps every digit
   (the textbook log(sum e^x) - x_c returns 0 for logits [200, 0] even at 256 bits);
-* gradient of -log p_t: p_j for j != t and p_t - 1 = -(S - e_t)/S, where S - e_t >= S/2, so the
-  target class is free of cancellation.
+* every value is a **head** plus a **tail** (:class:`_Value`): the head is the value at s = 0,
+  built from the inputs by +, -, * only and exact whenever it is a dyadic number; the tail is a
+  coefficient times log1p(s), e_j/S or -s/S, with a relative error of a few units of 2^-prec
+  (the derivation is in :func:`_row`). So the target-class gradient p_t - 1 is the exact head
+  -w_t plus the tail w_t e_t/S (or, at the argmax, head 0 and tail -s/S): no cancellation.
 
-Each value carries a rigorous error bound (a few units of 2^-prec times the magnitude of what was
-summed). Ziv's strategy: a value is accepted when the bound is below 2^-106 of it and rounding the
-interval [v - bound, v + bound] to float16, bfloat16, float32 and float64 gives one answer each;
-otherwise that row (or, for a reduced loss, the problem) is recomputed at twice the precision.
-Only exact zeros reached through a cancellation (possible with negative weights or label
-smoothing) need ~1100 bits before the bound falls under float64's smallest subnormal.
+Ziv's strategy: a value is accepted when its rigorous bound (plus the double-double view's own
+rounding) is below 2^-106 of it and the interval rounds to one value in each of float16,
+bfloat16, float32 and float64; otherwise that row is recomputed at twice the precision, up to
+MAX_BITS. A value still undecided there is a rounding boundary plus a tail far below it
+(float16 [0x1.f42p+9, 0]: 1000.25 + e^-1000.25): it is decided exactly from the exact head and
+the tail's sign (:func:`_sticky`), never by giving up. Rows of tied logits have rational
+gradients and are computed in rationals, so exact zeros stay exact zeros (+0).
+
+Range: MPFR runs with its whole exponent range (about 2^+-2^30 as gmpy2 builds it); terms below
+it (float32 [0, -2e9]: e^-2e9) are carried in mpmath, whose exponents are unbounded, so the
+public API returns every value with its 106 bits and its sign however small. The double-double
+view (``Exact``) holds RN_float64 of each value plus a low part; below 2^-960 it is the
+correctly rounded float64 with a sticky low part, which is all that rounding needs.
+
+Speed: a fast first pass (:mod:`harness.fastpath`, numba) computes exp in triple-double with a
+proven bound for whole row blocks; rows it cannot settle (bound too wide, special values,
+smoothing, probability targets) take the MPFR path above. Problems are evaluated in row blocks
+(:class:`Blocks`) in bounded memory.
 
 Special values follow IEEE arithmetic in the same formulas, which reproduces PyTorch: a -inf
 logit gives e_j = 0; a -inf target logit gives +inf; 0 * inf (a zero weight or a zero
 probability target meeting a -inf logit) gives NaN; a row with NaN or +inf, or with every logit
 -inf, gives NaN loss and a NaN gradient row (even when the row is ignored, because PyTorch's
-log_softmax backward multiplies its NaN softmax by a zero upstream gradient).
+log_softmax backward multiplies its NaN softmax by a zero upstream gradient). Rows whose
+arithmetic meets an infinity elsewhere (an infinite probability target; a 'mean' whose kept
+weights sum to 0) follow torch's own chain of operations in IEEE arithmetic (:func:`_row_ieee`).
 """
 
 from __future__ import annotations
@@ -121,16 +138,20 @@ def _dd_error(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
 
 
 def _round_stable(hi: np.ndarray, lo: np.ndarray, bound: np.ndarray) -> np.ndarray:
-    """True where [v - b, v + b] (v = hi + lo, b = bound + the double-double's own rounding
-    error) rounds to a single value in every format and b <= 2^-GOOD_BITS |v|, or v is so small
-    that every format rounds it to a signed zero (b < |v|, |v| < float64's smallest subnormal/2).
+    """True where the value of record v (within ``bound`` of the truth) has GOOD_BITS correct
+    bits (bound <= 2^-GOOD_BITS |v|) and [hi + lo - b, hi + lo + b], b = bound + the
+    double-double view's own rounding error, rounds to a single value in every format.
 
+    The view's rounding (half an ulp of lo, <= 2^-106 |v|) counts for the rounding decisions but
+    not for the bits: the values of record are the MPFR values (the public API) and the fast
+    pass's triple-doubles; the view hi + lo is within 2^-105 of the truth.
     Values outside [_DD_MIN, _DD_MAX] are not decided here (the caller checks them in MPFR)."""
     hi = np.asarray(hi, dtype=np.float64)
     lo = np.asarray(lo, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        b = np.asarray(bound, dtype=np.float64) + _dd_error(hi, lo)
-        ok = b <= np.abs(hi) * 2.0**-GOOD_BITS
+        rec = np.asarray(bound, dtype=np.float64)
+        b = rec + _dd_error(hi, lo)
+        ok = rec <= np.abs(hi) * 2.0**-GOOD_BITS
         for fmt in FORMATS.values():
             ok &= _margin(hi, lo, fmt) > b
     # Non-finite values are exact (inf/NaN patterns are decided by IEEE rules, not rounding).
@@ -227,6 +248,7 @@ class _Setup:
     ignore_index: int
     want_grad: bool
     keep: bool  # keep the MPFR gradient values (the public API), not only the double-doubles
+    ieee: bool = False  # non-finite weights, or a zero-weight 'mean': torch's chain (_row_ieee)
 
 
 def _exact_bits(x2d: np.ndarray, prec_in: int) -> np.ndarray:
@@ -458,7 +480,7 @@ def _grad_rational(xs: list, k: int, target, su: _Setup, prec: int) -> list:
 
 def _row_ieee(xs: list, k: int, target, su: _Setup, prec: int) -> tuple[_Value, list | None]:
     """Rows whose arithmetic meets an infinity outside the logits: an infinite probability
-    target, or a 'mean' whose kept weights sum to 0. PyTorch's own chain of operations is
+    target, a non-finite class weight, or a 'mean' whose kept weights sum to 0. PyTorch's own chain of operations is
     evaluated in IEEE arithmetic (MPFR follows IEEE for inf and NaN), so its inf/NaN pattern is
     reproduced: loss Σ_c q_c (L1 - d_c); gradient g_j = gi_j - p_j Σ_c gi_c with gi the
     gradient with respect to log p (nll backward divides by the total weight, +0 here)."""
@@ -478,8 +500,8 @@ def _row_ieee(xs: list, k: int, target, su: _Setup, prec: int) -> tuple[_Value, 
             lval = gmpy2.fsum([qc * (L1 - dc) for qc, dc in zip(q, d, strict=False)])
             gi = [-(qc / den) for qc in q]
         else:
-            # Only reached for a 'mean' with a zero denominator; torch divides the nll part and
-            # the smoothing part separately: (1-ε) (Σ nll / 0) + (ε/C) (Σ smooth / 0).
+            # torch keeps the nll part and the smoothing part apart until the end:
+            # (1-ε) (Σ nll / W) + (ε/C) (Σ smooth / W); see _reduce_torch.
             t = int(target)
             nll = w[t] * (L1 - d[t])
             smooth = gmpy2.fsum([wc * (L1 - dc) for wc, dc in zip(w, d, strict=False)]) if su.eps else mpfr(0)
@@ -489,15 +511,19 @@ def _row_ieee(xs: list, k: int, target, su: _Setup, prec: int) -> tuple[_Value, 
             gi[t] = gi[t] - w[t] * ((1 - E) / den)
         sg = gmpy2.fsum(gi) if all(gmpy2.is_finite(v) for v in gi) else sum(gi[1:], gi[0])
         grads = [gij - (ej / S) * sg for gij, ej in zip(gi, e, strict=False)]
+        mags = [abs(gij) + abs((ej / S) * sg) for gij, ej in zip(gi, e, strict=False)]
+        if not su.probability:
+            lval = (1 - E) * nll + E / C * smooth if su.eps else nll
     zero = mpfr(0)
+    tiny = mpfr(2) ** (16 - max(prec, 4 * MAX_BITS))  # a few roundings at that precision
     if su.probability:
-        loss = _Value(lval, zero if not gmpy2.is_finite(lval) else abs(lval) * 2.0**-prec, lval, False, zero, zero)
-    else:  # the two parts travel in head and tail, for _reduce_zero
-        loss = _Value(mpfr(_NAN), zero, nll, False, smooth, zero)
+        loss = _Value(lval, zero if not gmpy2.is_finite(lval) else abs(lval) * tiny, lval, False, zero, zero)
+    else:  # the two parts travel in head and tail, for _reduce_torch
+        loss = _Value(lval, zero if not gmpy2.is_finite(lval) else abs(lval) * tiny, nll, False, smooth, zero)
     if not su.want_grad:
         return loss, None
-    return loss, [_Value(g, zero if not gmpy2.is_finite(g) else abs(g) * 2.0**-prec, g, False, zero, zero)
-                  for g in grads]
+    return loss, [_Value(g, zero if not gmpy2.is_finite(g) else mg * tiny, g, False, zero, zero)
+                  for g, mg in zip(grads, mags, strict=False)]
 
 
 def _sticky(v: _Value, prec: int) -> _Value | None:
@@ -598,7 +624,14 @@ def _rows(x2d: np.ndarray, t, su: _Setup, start_prec: int) -> _Block:
     kmax = np.argmax(np.where(np.isnan(x2d), -np.inf, x2d), axis=1)
     ebits = _exact_bits(x2d, su.prec_in)
     rows = x2d.tolist()
-    ieee = su.denom is not None and su.denom == 0 and not su.probability
+    ieee = su.ieee and not su.probability
+    if ieee and su.eps and su.weight is not None and not all(map(math.isfinite, su.weight)):
+        # torch's smoothing backward gives ignored rows -0 * w_j: NaN for a non-finite weight.
+        for i in np.flatnonzero(ignored & ~bad):
+            if want:
+                g_hi[i] = _NAN
+                if g_mp is not None:
+                    g_mp[i] = [mpfr(_NAN)] * C
     if su.probability:
         nonfinite_t = ~np.isfinite(np.asarray(t, dtype=np.float64)).all(axis=1)
     prec, bits, unresolved = start_prec, start_prec, 0
@@ -607,7 +640,7 @@ def _rows(x2d: np.ndarray, t, su: _Setup, start_prec: int) -> _Block:
         redo = []
         for i in todo.tolist():
             k = int(kmax[i])
-            if ieee or (su.probability and nonfinite_t[i]):
+            if ieee or (su.probability and (nonfinite_t[i] or su.ieee)):
                 loss, grads = _row_ieee(rows[i], k, t[i], su, prec)
             else:
                 loss, grads = _row(rows[i], k, int(ebits[i]), t[i], su, prec)
@@ -646,7 +679,8 @@ def _setup(problem: Problem, want_grad: bool, keep: bool = False) -> _Setup:
     # Exact sums of input floats: 4400 bits span float64's whole exponent range (and the
     # counts, < 2^63); the products count * w are formed in MPFR, never as Python floats.
     with _ctx(4400):
-        wsum = gmpy2.fsum([mpfr(v) for v in w]) if w is not None else mpfr(C)
+        wsum = gmpy2.fsum([mpfr(v) for v in w]) if w is not None and all(map(math.isfinite, w)) else (
+            mpfr(C) if w is None else mpfr(_NAN))
         denom = None
         if problem.reduction == "mean":
             if problem.probability_target:
@@ -671,6 +705,8 @@ def _setup(problem: Problem, want_grad: bool, keep: bool = False) -> _Setup:
         ignore_index=problem.ignore_index,
         want_grad=want_grad,
         keep=keep,
+        ieee=(w is not None and not all(map(math.isfinite, w)))
+        or (denom is not None and denom == 0 and not problem.probability_target),
     )
 
 
@@ -688,6 +724,128 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 def _chunks(M: int, C: int, workers: int) -> list[slice]:
     per = max(1, -(-M // (workers * 4)))
     return [slice(i, min(M, i + per)) for i in range(0, M, per)]
+
+
+# -- the fast first pass (CRlibm's two phases: a quick proven pass, MPFR where it cannot decide) ---
+
+#: Set XENT_REFERENCE_FAST=0 to force the MPFR path everywhere (for comparisons and debugging).
+FAST = os.environ.get("XENT_REFERENCE_FAST", "1") != "0"
+
+
+def _fast_eligible(xb: np.ndarray, tb, su: _Setup) -> np.ndarray:
+    """Rows the fast pass handles: class-index targets without label smoothing, finite or -inf
+    logits (not all -inf), not ignored, and a finite reduction scale. Everything else (special
+    values, smoothing, probability targets, zero-weight means) takes the MPFR path."""
+    M = xb.shape[0]
+    if not FAST or su.keep or su.probability or su.eps or M == 0:
+        return np.zeros(M, bool)
+    if su.ieee:
+        return np.zeros(M, bool)
+    bad = np.isnan(xb).any(axis=1) | np.isposinf(xb).any(axis=1) | np.isneginf(xb).all(axis=1)
+    return ~bad & (tb != su.ignore_index)
+
+
+def _triple(v) -> tuple[float, float, float]:
+    """An MPFR value as three non-overlapping doubles (error <= 2^-159 relative)."""
+    with _ctx(v.precision + 64):
+        a = float(v)
+        r = v - a
+        b = float(r)
+        c = float(r - b)
+    return a, b, c
+
+
+def _fast_block(xb: np.ndarray, tb: np.ndarray, su: _Setup):
+    """The fast pass on eligible rows: exp in triple-double for the whole block
+    (:mod:`harness.fastpath`, relative error <= EXP_REL), the sum s with its bound, then per
+    row in MPFR: L1 = log1p(s), the loss as exact head + tail, the factor f = σ w_t / S, and
+    the target entry; the other entries are f e_j (p_j for j != t: no cancellation).
+
+    Returns (losses, g_hi, g_lo, g_bound, accepted): a row is accepted when its loss and every
+    gradient entry pass the same Ziv test as the MPFR path (_round_stable with the proven bounds);
+    the others are redone in MPFR by the caller."""
+    from harness import fastpath
+
+    M, C = xb.shape
+    xb = np.ascontiguousarray(xb, dtype=np.float64)
+    k = np.argmax(xb, axis=1).astype(np.int64)
+    e1, e2, e3, s3, flag, _ = fastpath.exp_rows(xb, k)
+    prec = START_BITS
+    u = mpfr(2) ** -prec
+    rel = fastpath.SUM_REL
+    f = np.zeros((M, 3))
+    losses: list = [None] * M
+    accepted = np.ones(M, bool)
+    targets: list = [None] * M
+    w = su.weight
+    with _ctx(prec):
+        for i in range(M):
+            t, ki = int(tb[i]), int(k[i])
+            with _ctx(200):
+                s = mpfr(s3[i, 0]) + mpfr(s3[i, 1]) + mpfr(s3[i, 2])  # exact at 200 bits
+                s_err = s * rel + C * mpfr(fastpath.SUM_ABS)
+                S = 1 + s
+                wt = mpfr(w[t]) if w is not None else mpfr(1)
+            L1 = gmpy2.log1p(s)
+            # log1p's condition number is <= 1: |ΔL1| <= |Δs| / (1 + s) <= |Δs|.
+            with _ctx(4400) as hctx:
+                hctx.inexact = False
+                head = wt * (-mpfr(xb[i, t]) + mpfr(xb[i, ki]))  # w_t (m - x_t): exact
+                exact_head = not hctx.inexact
+            tail = wt * L1
+            terr = abs(wt) * (s_err + 2 * u * L1)
+            val = head + tail
+            losses[i] = _Value(val, u * abs(val) + terr, head, exact_head, tail, terr)
+            inv = None if su.denom is None else su.denom
+            with _ctx(200):
+                fv = wt / S if inv is None else wt / (S * inv)
+                f[i] = _triple(fv)
+                # the target entry as head + tail (as in _row): t = k: -f s; else -σ w_t + f e_t
+                if t == ki:
+                    gh, gt = mpfr(0), -fv * s
+                    gerr = abs(fv) * s_err * 2
+                else:
+                    et = mpfr(e1[i, t]) + mpfr(e2[i, t]) + mpfr(e3[i, t])
+                    gh = -wt if inv is None else -wt / inv
+                    gt = fv * et
+                    gerr = abs(gt) * (fastpath.EXP_REL + 2 * rel)
+                    if flag[i, t] == 1:  # e_t < 2^-949: the triple's absolute error FLAG1_ABS
+                        gerr += abs(fv) * fastpath.FLAG1_ABS
+                    elif flag[i, t] == 2:  # not stored: leave the row to MPFR
+                        accepted[i] = False
+            with _ctx(prec):
+                gv = gh + gt
+            targets[i] = _Value(gv, u * abs(gv) + gerr + (abs(gh) * 2.0**-190 if inv is not None else 0),
+                                gh, inv is None, gt, gerr)
+    g_hi, g_lo, g_b = fastpath.scale_rows(f, e1, e2, e3)
+    # f carries S's relative error (<= SUM_REL) and its own 2^-159; scale_rows bounds the rest.
+    with np.errstate(over="ignore", invalid="ignore"):
+        g_b += np.abs(g_hi) * (rel + 2.0**-150)
+        deep = flag == 2
+        if deep.any():
+            # Entries below 2^-1000 relative: their value is below |f| 2^-1000; where that is
+            # under half the smallest subnormal every format rounds them to a signed zero
+            # (the MPFR path's view: hi = +-0, lo = the sticky subnormal).
+            tiny = np.abs(f[:, 0])[:, None] * 2.0**-999 * np.ones((1, C))
+            sign = np.copysign(1.0, f[:, 0])[:, None] * np.ones((1, C))
+            g_hi[deep] = 0.0 * sign[deep]
+            g_lo[deep] = 5e-324 * sign[deep]
+            accepted &= ~(deep & (tiny >= 2.0**-1076)).any(axis=1)
+        zero = (e1 == 0) & ~deep  # a -inf logit: exactly 0 (+0, as the MPFR path gives)
+        g_hi[zero], g_lo[zero], g_b[zero] = 0.0, 0.0, 0.0
+        a = np.abs(g_hi)
+        ok = _round_stable(g_hi, g_lo, g_b) | deep | zero
+        # Views outside the double-double's faithful range are left to MPFR (rare).
+        accepted &= ~(~deep & ~zero & ((a < _DD_MIN) | (a > _DD_MAX))).any(axis=1)
+    # the target entries, and the losses
+    for i in range(M):
+        t = int(tb[i])
+        hi, lo, b, okv = _values_stable([losses[i], targets[i]])
+        g_hi[i, t], g_lo[i, t], g_b[i, t] = hi[1], lo[1], b[1]
+        ok[i, t] = okv[1]
+        accepted[i] &= bool(okv[0])
+    accepted &= ok.all(axis=1)
+    return losses, g_hi, g_lo, g_b, accepted
 
 
 @dataclass
@@ -724,11 +882,53 @@ class Blocks:
         self._losses: list = []
         self._bits, self._unresolved, self._done = START_BITS, 0, False
         self.grad_mpfr: list = []
+        #: Rows settled by the fast pass, and rows it handed to MPFR (its bound was too wide).
+        self.fast_rows = 0
+        self.fallback = 0
 
     def _block(self, rows: slice, su: _Setup, prec: int) -> _Block:
         x2d, t = self.problem.rows()
         xb = np.asarray(x2d[rows], dtype=np.float64)  # exact for every supported format
         tb = t[rows]
+        M, C = xb.shape
+        fast = _fast_eligible(xb, tb, su) if prec == START_BITS else np.zeros(M, bool)
+        done = None
+        if fast.any():
+            idx = np.flatnonzero(fast)
+            fl, fh, flo, fb, acc = _fast_block(xb[idx], tb[idx], su)
+            done = idx[acc]
+            self.fallback += int((~acc).sum())
+            self.fast_rows += int(acc.sum())
+            fast[:] = False
+            fast[done] = True
+        rest = np.flatnonzero(~fast)
+        if rest.size == M:
+            part = self._mpfr(xb, tb, su, prec)
+        else:
+            part = self._mpfr(xb[rest], tb[rest], su, prec) if rest.size else None
+        if done is None:
+            return part
+        # Merge the fast rows and the MPFR rows back into row order.
+        losses: list = [None] * M
+        want = su.want_grad
+        g_hi = np.zeros((M, C)) if want else None
+        g_lo = np.zeros((M, C)) if want else None
+        g_b = np.zeros((M, C)) if want else None
+        sel, acc_idx = done, np.flatnonzero(acc)  # row r = sel[j] is the fast block's acc_idx[j]
+        for r, j in zip(sel.tolist(), acc_idx.tolist(), strict=False):
+            losses[r] = fl[j]
+        if want:
+            g_hi[sel], g_lo[sel], g_b[sel] = fh[acc_idx], flo[acc_idx], fb[acc_idx]
+        bits, unresolved = START_BITS, 0
+        if part is not None:
+            for j, r in enumerate(rest.tolist()):
+                losses[r] = part.losses[j]
+            if want:
+                g_hi[rest], g_lo[rest], g_b[rest] = part.g_hi, part.g_lo, part.g_bound
+            bits, unresolved = part.bits, part.unresolved
+        return _Block(losses, g_hi, g_lo, g_b, None, bits, unresolved, np.zeros(M, bool))
+
+    def _mpfr(self, xb: np.ndarray, tb, su: _Setup, prec: int) -> _Block:
         M, C = xb.shape
         if self.workers > 1 and M > 1 and M * C >= _PARALLEL_MIN:
             parts = _chunks(M, C, self.workers)
@@ -740,6 +940,11 @@ class Blocks:
 
     def __iter__(self):
         for rows in self.slices:
+            if self.C == 0:  # no classes: an empty gradient; the losses follow _no_classes
+                n = len(range(*rows.indices(self.problem.num_samples)))
+                if self.grad:
+                    yield GradBlock(rows, np.zeros((n, 0)), np.zeros((n, 0)), np.zeros((n, 0)))
+                continue
             b = self._block(rows, self.su, START_BITS)
             self._losses.extend(b.losses)
             self._bits = max(self._bits, b.bits)
@@ -754,6 +959,8 @@ class Blocks:
         if not self._done:
             for _ in self:
                 pass
+        if self.C == 0:
+            return _no_classes(self.problem)
         problem, su, prec = self.problem, self.su, START_BITS
         losses, bits, unresolved = self._losses, self._bits, self._unresolved
         while True:
@@ -776,6 +983,26 @@ class Blocks:
             loss_mpfr=out,
             loss_bound=np.array([float(b) for b in lbound], dtype=np.float64).reshape(shape),
         )
+
+
+def _no_classes(problem: Problem) -> Exact:
+    """C = 0, as torch 2.13 computes it (docs/semantics.md): index targets (all ignored) give 0
+    per sample, 'sum' 0 and 'mean' NaN (0/0), but NaN throughout with smoothing (ε/C = inf times
+    an empty sum); probability targets give -0 per sample and 'sum', and NaN for 'mean'."""
+    n = problem.num_samples
+    if problem.probability_target:
+        per, total = -0.0, -0.0
+    elif problem.label_smoothing:
+        per, total = _NAN, _NAN
+    else:
+        per, total = 0.0, 0.0
+    if problem.reduction == "none":
+        vals = np.full(n, per)
+    else:
+        vals = np.array([_NAN if problem.reduction == "mean" else total])
+    shape = problem.output_shape
+    return Exact(loss_hi=vals.reshape(shape), loss_lo=np.zeros(shape), bits=START_BITS,
+                 loss_mpfr=[mpfr(v) for v in vals.tolist()], loss_bound=np.zeros(shape))
 
 
 def blocks(problem: Problem, **kwargs) -> Blocks:
@@ -811,8 +1038,8 @@ def _reduce(problem: Problem, su: _Setup, losses: list, prec: int):
     vals = [v if v is not None else _Value(zero, zero, zero, True, zero, zero) for v in losses]
     if problem.reduction == "none":
         return [v.value for v in vals], [v.bound for v in vals], True  # each passed its own test
-    if su.denom is not None and su.denom == 0 and not su.probability:
-        return _reduce_zero(su, losses, prec)
+    if su.ieee and not su.probability:
+        return _reduce_torch(problem, su, losses)
     if any(isinstance(v.value, mpmath.mpf) for v in vals):
         return _reduce_deep(problem, su, vals, prec)
     ph = max([v.head.precision for v in vals] + [prec]) + 64
@@ -844,19 +1071,25 @@ def _reduce(problem: Problem, su: _Setup, losses: list, prec: int):
     return [_plus_zero(v.value, v.bound)], [v.bound], bool(ok[0])
 
 
-def _reduce_zero(su: _Setup, losses: list, prec: int):
-    """A 'mean' whose kept target weights sum to 0 (or with every sample ignored), as torch
-    computes it: (1-ε) (Σ_n nll_n / 0) + (ε/C) (Σ_n smooth_n / 0) in IEEE arithmetic: +-inf for a
-    nonzero numerator, NaN for 0/0 (so NaN whenever ε = 1: 0 * (x/0))."""
+def _reduce_torch(problem: Problem, su: _Setup, losses: list):
+    """The reduction as torch computes it, for IEEE rows (non-finite weights, a zero-weight
+    'mean'): (1-ε) (Σ_n nll_n / W) + (ε/C) (Σ_n smooth_n / W) with W the mean's denominator
+    (1 for 'sum'): +-inf for a nonzero numerator over 0, NaN for 0/0 (so NaN whenever ε = 1
+    and W = 0: 0 * (x/0)). Finite results are exact to a few roundings at 5120 bits."""
+    zero = mpfr(0)
+    if problem.reduction == "none":
+        vals = [v if v is not None else _Value(zero, zero, zero, True, zero, zero) for v in losses]
+        return [v.value for v in vals], [v.bound for v in vals], True
     kept = [v for v in losses if v is not None]
     with _ctx(4 * MAX_BITS):
-        den = mpfr(0)
-        nll = gmpy2.fsum([v.head for v in kept]) if kept else mpfr(0)
+        den = mpfr(1) if su.denom is None else su.denom
+        nll = gmpy2.fsum([v.head for v in kept]) if kept else zero
         out = (1 - mpfr(su.eps)) * (nll / den)
         if su.eps:
-            smooth = gmpy2.fsum([v.tail for v in kept]) if kept else mpfr(0)
+            smooth = gmpy2.fsum([v.tail for v in kept]) if kept else zero
             out = out + mpfr(su.eps) / su.C * (smooth / den)
-    return [out], [mpfr(0)], True
+        bound = abs(out) * mpfr(2) ** (32 - 4 * MAX_BITS) if gmpy2.is_finite(out) else zero
+    return [out], [bound], True
 
 
 def _reduce_deep(problem: Problem, su: _Setup, vals: list, prec: int):
