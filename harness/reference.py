@@ -819,32 +819,15 @@ def _fast_block(xb: np.ndarray, tb: np.ndarray, su: _Setup):
                                 gh, inv is None, gt, gerr)
     g_hi, g_lo, g_b = fastpath.scale_rows(f, e1, e2, e3)
     # f carries S's relative error (<= SUM_REL) and its own 2^-159; scale_rows bounds the rest.
-    with np.errstate(over="ignore", invalid="ignore"):
-        g_b += np.abs(g_hi) * (rel + 2.0**-150)
-        deep = flag == 2
-        if deep.any():
-            # Entries below 2^-1000 relative: their value is below |f| 2^-1000; where that is
-            # under half the smallest subnormal every format rounds them to a signed zero
-            # (the MPFR path's view: hi = +-0, lo = the sticky subnormal).
-            tiny = np.abs(f[:, 0])[:, None] * 2.0**-999 * np.ones((1, C))
-            sign = np.copysign(1.0, f[:, 0])[:, None] * np.ones((1, C))
-            g_hi[deep] = 0.0 * sign[deep]
-            g_lo[deep] = 5e-324 * sign[deep]
-            accepted &= ~(deep & (tiny >= 2.0**-1076)).any(axis=1)
-        zero = (e1 == 0) & ~deep  # a -inf logit: exactly 0 (+0, as the MPFR path gives)
-        g_hi[zero], g_lo[zero], g_b[zero] = 0.0, 0.0, 0.0
-        a = np.abs(g_hi)
-        ok = _round_stable(g_hi, g_lo, g_b) | deep | zero
-        # Views outside the double-double's faithful range are left to MPFR (rare).
-        accepted &= ~(~deep & ~zero & ((a < _DD_MIN) | (a > _DD_MAX))).any(axis=1)
-    # the target entries, and the losses
+    g_b += np.abs(g_hi) * (rel + 2.0**-150)
+    accepted &= fastpath.stable_rows(g_hi, g_lo, g_b, e1, flag, f[:, 0], tb, lo_lim=_DD_MIN,
+                                     hi_lim=_DD_MAX, good_bits=GOOD_BITS)
+    # the target entries, and the losses (in MPFR, one of each per row)
     for i in range(M):
         t = int(tb[i])
         hi, lo, b, okv = _values_stable([losses[i], targets[i]])
         g_hi[i, t], g_lo[i, t], g_b[i, t] = hi[1], lo[1], b[1]
-        ok[i, t] = okv[1]
-        accepted[i] &= bool(okv[0])
-    accepted &= ok.all(axis=1)
+        accepted[i] &= bool(okv.all())
     return losses, g_hi, g_lo, g_b, accepted
 
 

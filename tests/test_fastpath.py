@@ -366,3 +366,41 @@ def test_out_arrays_and_validation():
 def test_import_harness_does_not_import_numba():
     code = "import sys, harness; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_stable_rows_agrees_with_the_numpy_specification():
+    """stable_rows (compiled, with an integer screen) decides exactly like
+    reference._round_stable (the specification) on values crowding every format's boundaries."""
+    from harness import reference as R
+    from harness.formats import FORMATS
+
+    rng = np.random.default_rng(11)
+    vals = [10.0 ** rng.uniform(-300, 300, 4000), 10.0 ** rng.uniform(-50, 6, 4000)]
+    for fmt in FORMATS.values():  # midpoints, binade starts, subnormal midpoints, max + ulp/2
+        p, emin, emax = fmt.precision, fmt.emin, fmt.emax
+        for e in list(range(emin - p, emin + 3)) + list(rng.integers(emin, emax, 30)) + [emax]:
+            ulp = 2.0 ** (max(e, emin) - p + 1)
+            n = rng.integers(2 ** (p - 1), 2**p, 5).astype(np.float64) if e >= emin else rng.integers(0, 2 ** (p - 1), 5).astype(np.float64)
+            for base in list((n + 0.5) * ulp) + [2.0**e, (2 - 2.0 ** (1 - p)) * 2.0**emax + 2.0 ** (emax - p)]:
+                if 0 < base < 1.7e308:
+                    vals.append(np.array([np.nextafter(base, 0), base, np.nextafter(base, np.inf),
+                                          base * (1 + 2.0**-51), base * (1 - 2.0**-51)]))
+    hi = np.concatenate(vals)
+    hi = hi[np.isfinite(hi) & (hi > 2.0**-960) & (hi < 2.0**1020)]
+    hi = np.where(rng.random(hi.size) < 0.5, -hi, hi)
+    ulp = np.spacing(np.abs(hi))
+    lo = rng.uniform(-0.5, 0.5, hi.size) * ulp
+    lo[rng.random(hi.size) < 0.2] = 0.0
+    near = rng.random(hi.size) < 0.1  # |lo| at the float64 midpoint distance
+    lo[near] = np.copysign(ulp[near] * 0.5 * (1 - 2.0**-20), lo[near])
+    bound = np.abs(hi) * 2.0 ** rng.uniform(-120, -104, hi.size)
+    spec = R._round_stable(hi, lo, bound)
+    M = hi.size
+    H = np.stack([hi, np.ones(M)], axis=1)
+    L = np.stack([lo, np.zeros(M)], axis=1)
+    B = np.stack([bound, np.zeros(M)], axis=1)
+    got = fp.stable_rows(H.copy(), L.copy(), B.copy(), np.ones((M, 2)), np.zeros((M, 2), np.uint8),
+                         np.ones(M), np.ones(M, np.int64), lo_lim=2.0**-960, hi_lim=2.0**1020,
+                         good_bits=106)
+    assert 0.05 < spec.mean() < 0.95  # the data crowd the boundaries: both outcomes occur
+    np.testing.assert_array_equal(got, spec)
