@@ -82,12 +82,16 @@ def cmd_references(args) -> int:
 
     directory = args.dir
     if args.action == "generate":
+        if args.certify:
+            raise UsageError("references: --certify applies to `references verify` (certify after generating)")
         print(f"generating golden references in {directory or golden.default_dir()}")
         golden.generate(directory, workers=args.workers)
         return EXIT_OK
+    from harness.certify import CertifyUnavailable
+
     try:
-        found = golden.verify(directory, recompute=None if args.all else args.sample)
-    except FileNotFoundError as exc:
+        found = golden.verify(directory, recompute=None if args.all else args.sample, certify=args.certify)
+    except (FileNotFoundError, CertifyUnavailable) as exc:
         raise UsageError(f"references: {exc}") from None
     for line in found:
         print(f"FAIL {line}")
@@ -381,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="directory (default: references/ of the checkout)")
     p.add_argument("--sample", type=int, default=6, help="cases to recompute when verifying (default 6)")
     p.add_argument("--all", action="store_true", help="recompute every case when verifying")
+    p.add_argument("--certify", action="store_true",
+                   help="also re-derive every case with the independent arb oracle (python-flint) and check the "
+                        "stored values and their roundings against its balls")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=cmd_references)
 

@@ -221,11 +221,20 @@ def names(directory: Path | None = None) -> list[str]:
     return sorted(load_manifest(directory)["cases"])
 
 
-def verify(directory: Path | None = None, *, recompute: int | None = 6, seed: int = 0, log=print) -> list[str]:
+def verify(directory: Path | None = None, *, recompute: int | None = 6, seed: int = 0, certify: bool = False,
+           log=print) -> list[str]:
     """Check every file's hash and that the catalogue matches; recompute ``recompute`` cases
-    (all when None) with the reference and compare bit for bit. Returns the problems found."""
+    (all when None) with the reference and compare bit for bit. With ``certify``, also re-derive
+    every (hash-intact) case with the independent arb oracle of :mod:`harness.certify` and check
+    the stored double-doubles, their roundings to every format and the decimal strings against
+    its balls (raises :class:`harness.certify.CertifyUnavailable` without python-flint).
+    Returns the problems found, one line each."""
     from harness.reference import evaluate_many
 
+    if certify:
+        from harness import certify as arb_oracle
+
+        arb_oracle.require()  # fail fast, before any work, when python-flint is missing
     directory = Path(directory or default_dir())
     problems: list[str] = []
     manifest = load_manifest(directory)
@@ -263,4 +272,26 @@ def verify(directory: Path | None = None, *, recompute: int | None = 6, seed: in
         if not same:
             problems.append(f"{g.name}: recomputed reference differs from the stored one")
     log(f"recomputed: {len(goldens)} cases ({', '.join(g.name for g in goldens)})")
+    if certify:
+        problems += _certify_all(directory, [n for n in good if n in expected], log)
     return problems
+
+
+def _certify_all(directory: Path, chosen: list[str], log) -> list[str]:
+    """Certify the stored values of ``chosen`` cases with the arb oracle: one line per failure."""
+    from harness import certify as arb_oracle
+
+    found: list[str] = []
+    undecided = max_prec = 0
+    for name in chosen:
+        g = load(name, directory)
+        report = arb_oracle.certify_double_double(g.problem, g.loss_hi, g.loss_lo, g.grad_hi, g.grad_lo,
+                                                  loss_str=g.loss_str)
+        found += [f"{name}: {line}" for line in report.lines()]
+        for f in report.undecided:
+            log(f"  undecided {name}: {f.line()}")
+        undecided += len(report.undecided)
+        max_prec = max(max_prec, report.prec)
+    log(f"certified: {len(chosen)} cases against the arb oracle (up to {max_prec} bits), "
+        f"{len(found)} disagreement(s), {undecided} undecided")
+    return found
