@@ -840,7 +840,7 @@ def _flatten(problem: Problem, kind: str, arr) -> list:
         return list(np.reshape(a, -1))
     if a.ndim != problem.logits.ndim:
         raise ValueError(f"gradient values must have the logits' shape {problem.logits.shape}, got {a.shape}")
-    return list(np.moveaxis(a, problem.class_axis, -1).reshape(-1, problem.num_classes).reshape(-1))
+    return list(np.moveaxis(a, problem.class_axis, -1).reshape(-1))  # rows order (C = 0 safe)
 
 
 def _grad_index(problem: Problem) -> list[tuple]:

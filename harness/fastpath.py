@@ -47,7 +47,9 @@ Step 0, the exact argument. (s, e) = TwoSum(x_j, -m); with lo: (u1, v1) = TwoSum
   Then d = s2 + eh + el + (error of el <= u*2^-95 = 2^-148), and without lo d = s + e exactly
   (s2 = s, eh = e, el = 0). For s2 >= -745.5: |s| <= 746 + 2^-11, |eh| <= 3u*747 < 2^-41.7,
   |el| <= 2^-94.
-  Flags: s2 < -745.5  => d < -745.5 + 2^-41 => e_j < 2^-1075.5: stored 0, flag 2, not summed.
+  Flags: s2 < -760 (FLAG3_D) => d < -760 + 2^-41 => e_j < 2^-1096 (2^FLAG3_LOG2): stored 0, flag 3,
+           not summed (a bound tight enough that f e_j rounds to a signed zero for |f| < 2^20).
+         s2 < -745.5  => d < -745.5 + 2^-41 => e_j < 2^-1075.5: stored 0, flag 2, not summed.
          s2 < FLAG2_D = -693.14718055 (= -1000 ln2 + 2^-26.6) => e_j < FLAG_E = 2^-999.9999999:
            flag 2 (triple stored as 0, its value is still added to s, see SUM); conversely every
            e_j < 2^-1000 has d < -1000 ln2, so s2 <= d + 2^-41.8 < FLAG2_D: it is flagged 2.
@@ -191,6 +193,9 @@ FLAG1_ABS = 2.0**-1073  # flag 1: |e1 + e2 + e3 - e| <= EXP_REL e + FLAG1_ABS
 FLAG2_D = -693.14718055  # -1000 ln 2 + 2^-30.4:  e_true < 2^-1000 => s2 < FLAG2_D => flag 2
 FLAG_E = 2.0**-999.9999999  # flag 2 => e_true < FLAG_E  (exp(FLAG2_D + 2^-41) < 2^-999.9999999)
 DROP_D = -745.5  # s2 < DROP_D => e_true < 2^-1075.5, stored and summed as 0
+FLAG3_D = -760.0  # s2 < FLAG3_D => flag 3: e_true < 2^FLAG3_LOG2 (exp(-760 + 2^-41) < 2^-1096.4)
+FLAG3_LOG2 = -1096  # flag 3 => e_true < 2^FLAG3_LOG2 (not a double: used scaled by 2^100)
+_FLAG3_E100 = 2.0 ** (FLAG3_LOG2 + 100)
 MAX_COLS = 1 << 22
 _RENORM = 64
 _CHUNK = 256
@@ -465,7 +470,7 @@ def _exp_row(x, lo, has_lo, k, o1, o2, o3, s, flag, i, xin, lin):
                 o1[i, j] = 0.0
                 o2[i, j] = 0.0
                 o3[i, j] = 0.0
-                flag[i, j] = 2
+                flag[i, j] = 3 if s2 < FLAG3_D else 2
                 continue
             N = _f2i(buf[3, jj])
             n = (N - (N & 1023)) >> 10
@@ -525,11 +530,12 @@ def _scale_rows_kernel(f, e1, e2, e3, flag, has_flag, hi, lo, bound):
         f2 = f[i, 1]
         f3 = f[i, 2]
         fb = abs(f1) * _BOUND_PAD * FLAG_E + 2.0**-1074
+        fb3 = abs(f1) * _BOUND_PAD * _FLAG3_E100 * 2.0**-100 + 2.0**-1074  # rounding covered
         for j in range(C):
-            if has_flag and flag[i, j] == 2:
+            if has_flag and flag[i, j] >= 2:
                 hi[i, j] = 0.0
                 lo[i, j] = 0.0
-                bound[i, j] = fb
+                bound[i, j] = fb if flag[i, j] == 2 else fb3
                 continue
             a1 = e1[i, j]
             a2 = e2[i, j]
@@ -754,14 +760,18 @@ def _stable_rows_kernel(hi, hbits, lo, bound, e1, flag, f1, tcol, lo_lim, hi_lim
     for i in prange(M):
         ok = True
         sgn = 1.0 if f1[i] >= 0 else -1.0
-        deep_ok = abs(f1[i]) * FLAG_E * _BOUND_PAD < 2.0**-1076
+        # |v| < 2^-1075 (half the smallest subnormal) rounds to a signed zero in every format
+        # (scaled by 2^100: 2^-1075 itself is not a double)
+        deep_ok = abs(f1[i]) * (FLAG_E * 2.0**100) * _BOUND_PAD < 2.0**-975
+        deep3_ok = abs(f1[i]) * _FLAG3_E100 * _BOUND_PAD < 2.0**-975
         for j in range(C):
             if j == tcol[i]:
                 continue  # the target entry is decided by the caller (in MPFR)
-            if flag[i, j] == 2:
-                # below 2^-1000 relative: a signed zero in every format when |f| FLAG_E is
-                # under half the smallest subnormal (the MPFR path's view: +-0, sticky lo)
-                if not deep_ok:
+            if flag[i, j] >= 2:
+                # below 2^-949 (flag 2) or 2^-1096 (flag 3) relative: a signed zero in every
+                # format when |f| times that is under half the smallest subnormal (the MPFR
+                # path's view: +-0 with a sticky lo)
+                if not (deep_ok if flag[i, j] == 2 else deep3_ok):
                     ok = False
                 hi[i, j] = 0.0 * sgn
                 lo[i, j] = 5e-324 * sgn

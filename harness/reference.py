@@ -354,30 +354,45 @@ def _row(xs: list, k: int, exact_bits: int, target, su: _Setup, prec: int) -> tu
     # ---- gradient: g_j = σ [coef p_j - c_j] with c_j = q_j (probabilities) or
     # (ε/C) w_j + (1-ε) w_t [j = t] (indices); head_j = σ [coef [j = k] - c_j],
     # tail_j = σ coef (e_j/S, or -s/S at j = k).
+    # Each head is one exact numerator over C * denominator, divided once, so its inexact flag
+    # says exactly whether it is a dyadic number (a tie can only sit on a dyadic head).
     grads = []
+    heads, hexacts, hmags = [], [], []
     with _ctx(ph) as hctx:
+        Cd = mpfr(C) if inv is None else C * inv  # exact
         hctx.inexact = False
         if su.probability:
-            cs = q
+            num = [(mpfr(w[j]) if w is not None else 1) * ((1 - E) * C * mpfr(tl[j]) + E) for j in range(C)]
+            numk = gmpy2.fsum([v for j, v in enumerate(num) if j != k])
+            mag = [abs(v) for v in num]
+            magk = gmpy2.fsum([v for j, v in enumerate(mag) if j != k])
         else:
-            cs = [eC * (mpfr(w[j]) if w is not None else 1) for j in range(C)] if eps else [mpfr(0)] * C
-            cs[t] = cs[t] + one_m * wt
-        heads = []
+            wl = [mpfr(v) for v in w] if w is not None else [mpfr(1)] * C
+            num = [E * wl[j] for j in range(C)]
+            num[t] = num[t] + one_m * wt * C
+            numk = one_m * wt * C * (k != t) + E * (su.wsum - wl[k])
+            mag = [abs(v) for v in num]
+            magk = abs(one_m * wt * C) + abs(E) * (gmpy2.fsum(map(abs, wl)) + abs(wl[k]))
+        num_exact = not hctx.inexact  # the numerators (sums and products of input floats)
         for j in range(C):
-            hv = (coef - cs[j]) if j == k else -cs[j]
-            heads.append(hv if inv is None else hv / inv)
-        hexact = not hctx.inexact  # conservative: one inexact head marks them all
+            hctx.inexact = False
+            hv = (numk if j == k else -num[j]) / Cd
+            heads.append(hv)
+            hexacts.append(num_exact and not hctx.inexact)
+            # the numerators' roundings (<= 2 2^-ph of their terms' magnitudes, fsum included)
+            # and the division's (2^-ph |hv|)
+            hmags.append(abs(hv) + 2 * (magk if j == k else mag[j]) / abs(Cd))
     with _ctx(prec):
         scale = coef if inv is None else coef / inv
+        uh = mpfr(2) ** -ph
         for j in range(C):
             tail = scale * (pk_tail if j == k else pS[j])
             terr = _KT * u * abs(tail)
             val = heads[j] + tail
             b = u * abs(val) + terr
-            if not hexact:  # |terms| of the head: coef at j = k, and c_j
-                hm = (abs(coef) if j == k else 0) + abs(cs[j])
-                b += u / 2 * (hm if inv is None else hm / abs(inv))
-            grads.append(_Value(val, b, heads[j], hexact, tail, terr))
+            if not hexacts[j]:
+                b += 2 * uh * hmags[j]
+            grads.append(_Value(val, b, heads[j], hexacts[j], tail, terr))
     if deep is not None:
         with mpmath.workprec(prec + 16):
             sc = _mpf(scale) / _mpf(S)
@@ -489,6 +504,14 @@ def _row_ieee(xs: list, k: int, target, su: _Setup, prec: int) -> tuple[_Value, 
         m = mpfr(xs[k])
         d = [mpfr(v) - m for v in xs]
         e = [gmpy2.exp(v) for v in d]
+        # Terms below MPFR's range are positive, and IEEE's inf * e must see that (inf, not
+        # inf * 0 = NaN): they take the smallest positive MPFR value in the IEEE arithmetic, and
+        # a finite gradient entry made of one alone is recomputed in mpmath below.
+        deep = [j for j in range(C) if j != k and e[j] == 0 and gmpy2.is_finite(d[j])]
+        if deep:
+            least = gmpy2.next_above(mpfr(0))
+            for j in deep:
+                e[j] = least
         s = gmpy2.fsum(e[:k] + e[k + 1 :])
         S, L1 = 1 + s, gmpy2.log1p(s)
         E = mpfr(su.eps)
@@ -512,6 +535,12 @@ def _row_ieee(xs: list, k: int, target, su: _Setup, prec: int) -> tuple[_Value, 
         sg = gmpy2.fsum(gi) if all(gmpy2.is_finite(v) for v in gi) else sum(gi[1:], gi[0])
         grads = [gij - (ej / S) * sg for gij, ej in zip(gi, e, strict=False)]
         mags = [abs(gij) + abs((ej / S) * sg) for gij, ej in zip(gi, e, strict=False)]
+        for j in deep:
+            grads[j] = gi[j] - e[j] * (sg / S)  # e_j / S would underflow to 0: inf * 0 = NaN
+            if gmpy2.is_finite(grads[j]) and gi[j] == 0 and sg != 0:
+                with mpmath.workprec(prec + 16):
+                    grads[j] = -(mpmath.exp(_mpf(d[j])) / _mpf(S)) * _mpf(sg)
+                mags[j] = mpfr(0)
         if not su.probability:
             lval = (1 - E) * nll + E / C * smooth if su.eps else nll
     zero = mpfr(0)
@@ -741,8 +770,12 @@ def _fast_eligible(xb: np.ndarray, tb, su: _Setup) -> np.ndarray:
         return np.zeros(M, bool)
     if su.ieee:
         return np.zeros(M, bool)
-    bad = np.isnan(xb).any(axis=1) | np.isposinf(xb).any(axis=1) | np.isneginf(xb).all(axis=1)
-    return ~bad & (tb != su.ignore_index)
+    ok = np.isfinite(xb).all(axis=1)  # the common case, in one pass
+    some = np.flatnonzero(~ok)
+    if some.size:  # -inf is fine unless the whole row is -inf; NaN and +inf are not
+        xs = xb[some]
+        ok[some] = ~(np.isnan(xs).any(axis=1) | np.isposinf(xs).any(axis=1) | np.isneginf(xs).all(axis=1))
+    return ok & (tb != su.ignore_index)
 
 
 def _triple(v) -> tuple[float, float, float]:
@@ -755,7 +788,44 @@ def _triple(v) -> tuple[float, float, float]:
     return a, b, c
 
 
-def _fast_block(xb: np.ndarray, tb: np.ndarray, su: _Setup):
+def _deep_sums(xb: np.ndarray, k: np.ndarray, s3: np.ndarray, flag: np.ndarray) -> dict:
+    """s for rows whose sum is so small (< 2^-900) that the first pass's absolute error floor
+    (SUM_ABS per flagged term) could matter: a second pass with the max masked out gives
+    s' = 1 + Σ_{j ∉ {k, k2}} e^{x_j - x_k2} to full relative precision, and s = e^{-gap} s'
+    with gap = x_k - x_k2 (one MPFR exp per row). Returns {row: (s, bound) or None (MPFR)}."""
+    from harness import fastpath
+
+    approx = s3[:, 0]
+    rows = np.flatnonzero((approx < 2.0**-900) & (flag != 0).any(axis=1))
+    out: dict = {}
+    if not rows.size:
+        return out
+    x2 = xb[rows].copy()
+    x2[np.arange(rows.size), k[rows]] = -np.inf
+    has = np.isfinite(x2).any(axis=1)
+    for r in rows[~has].tolist():
+        out[r] = (mpfr(0), mpfr(0))  # every other logit is -inf: s = 0 exactly
+    rows, x2 = rows[has], x2[has]
+    if not rows.size:
+        return out
+    k2 = np.argmax(x2, axis=1).astype(np.int64)
+    _, _, _, t3, fl2, _ = fastpath.exp_rows(x2, k2)
+    for j, r in enumerate(rows.tolist()):
+        with _ctx(4400):
+            gap = mpfr(xb[r, k[r]]) - mpfr(xb[r, k2[j]])  # exact
+        if gap > 7e8:
+            out[r] = None  # e^-gap is below MPFR's range: the MPFR path (with mpmath) does it
+            continue
+        with _ctx(200):
+            eg = gmpy2.exp(-gap)  # rel. error 2^-200
+            sp = 1 + (mpfr(t3[j, 0]) + mpfr(t3[j, 1]) + mpfr(t3[j, 2]))
+            sv = eg * sp
+            err = sv * (fastpath.SUM_REL + 2.0**-190) + eg * int(np.count_nonzero(fl2[j])) * fastpath.SUM_ABS
+        out[r] = (sv, err)
+    return out
+
+
+def _fast_block(xb: np.ndarray, tb: np.ndarray, su: _Setup, bufs: dict | None = None):
     """The fast pass on eligible rows: exp in triple-double for the whole block
     (:mod:`harness.fastpath`, relative error <= EXP_REL), the sum s with its bound, then per
     row in MPFR: L1 = log1p(s), the loss as exact head + tail, the factor f = σ w_t / S, and
@@ -769,7 +839,14 @@ def _fast_block(xb: np.ndarray, tb: np.ndarray, su: _Setup):
     M, C = xb.shape
     xb = np.ascontiguousarray(xb, dtype=np.float64)
     k = np.argmax(xb, axis=1).astype(np.int64)
-    e1, e2, e3, s3, flag, _ = fastpath.exp_rows(xb, k)
+    # Reused buffers: fresh multi-GB outputs cost more in first-touch page faults than the
+    # arithmetic does.
+    if bufs is not None and bufs.get("shape") != (M, C):
+        bufs.clear()
+        bufs.update(shape=(M, C), out=(np.empty((M, C)), np.empty((M, C)), np.empty((M, C)),
+                                       np.empty((M, C), np.uint8)))
+    out = bufs["out"] if bufs is not None else None
+    e1, e2, e3, s3, flag, _ = fastpath.exp_rows(xb, k, out=out)
     prec = START_BITS
     u = mpfr(2) ** -prec
     rel = fastpath.SUM_REL
@@ -779,11 +856,19 @@ def _fast_block(xb: np.ndarray, tb: np.ndarray, su: _Setup):
     targets: list = [None] * M
     w = su.weight
     with _ctx(prec):
+        deep_s = _deep_sums(xb, k, s3, flag)
         for i in range(M):
             t, ki = int(tb[i]), int(k[i])
             with _ctx(200):
-                s = mpfr(s3[i, 0]) + mpfr(s3[i, 1]) + mpfr(s3[i, 2])  # exact at 200 bits
-                s_err = s * rel + C * mpfr(fastpath.SUM_ABS)
+                if i in deep_s:
+                    if deep_s[i] is None:
+                        accepted[i] = False
+                        s, s_err = mpfr(0), mpfr(0)
+                    else:
+                        s, s_err = deep_s[i]
+                else:
+                    s = mpfr(s3[i, 0]) + mpfr(s3[i, 1]) + mpfr(s3[i, 2])  # exact at 200 bits
+                    s_err = s * rel + int(np.count_nonzero(flag[i])) * mpfr(fastpath.SUM_ABS)
                 S = 1 + s
                 wt = mpfr(w[t]) if w is not None else mpfr(1)
             L1 = gmpy2.log1p(s)
@@ -811,7 +896,7 @@ def _fast_block(xb: np.ndarray, tb: np.ndarray, su: _Setup):
                     gerr = abs(gt) * (fastpath.EXP_REL + 2 * rel)
                     if flag[i, t] == 1:  # e_t < 2^-949: the triple's absolute error FLAG1_ABS
                         gerr += abs(fv) * fastpath.FLAG1_ABS
-                    elif flag[i, t] == 2:  # not stored: leave the row to MPFR
+                    elif flag[i, t] >= 2:  # not stored: leave the row to MPFR
                         accepted[i] = False
             with _ctx(prec):
                 gv = gh + gt
@@ -865,6 +950,7 @@ class Blocks:
         self._losses: list = []
         self._bits, self._unresolved, self._done = START_BITS, 0, False
         self.grad_mpfr: list = []
+        self._bufs: dict = {}
         #: Rows settled by the fast pass, and rows it handed to MPFR (its bound was too wide).
         self.fast_rows = 0
         self.fallback = 0
@@ -876,9 +962,17 @@ class Blocks:
         M, C = xb.shape
         fast = _fast_eligible(xb, tb, su) if prec == START_BITS else np.zeros(M, bool)
         done = None
-        if fast.any():
+        if fast.all() and M:
+            fl, fh, flo, fb, acc = _fast_block(xb, tb, su, self._bufs)
+            self.fast_rows += int(acc.sum())
+            self.fallback += int((~acc).sum())
+            if acc.all():  # the common case: no merging
+                return _Block(fl, fh, flo, fb, None, START_BITS, 0, np.zeros(M, bool))
+            done = np.flatnonzero(acc)
+            fast = acc.copy()
+        elif fast.any():
             idx = np.flatnonzero(fast)
-            fl, fh, flo, fb, acc = _fast_block(xb[idx], tb[idx], su)
+            fl, fh, flo, fb, acc = _fast_block(xb[idx], tb[idx], su, self._bufs)
             done = idx[acc]
             self.fallback += int((~acc).sum())
             self.fast_rows += int(acc.sum())
@@ -1161,7 +1255,8 @@ def cross_entropy_grad(
     problem = _problem(logits, target, weight, ignore_index, reduction, label_smoothing)
     exact = evaluate(problem, grad=True, keep_mpfr=True)
     flat = _to_mpf_array(exact.grad_mpfr)
-    return problem.unrows(flat.reshape(-1, problem.num_classes)).copy()
+    M = problem.num_samples if problem.logits.ndim > 1 else 1
+    return problem.unrows(flat.reshape(M, problem.num_classes)).copy()
 
 
 def rounded(values: np.ndarray, dtype) -> np.ndarray:
