@@ -25,3 +25,16 @@ def test_blocks_equal_the_whole(reduction, smoothing):
     loss = ev.loss()
     np.testing.assert_array_equal(loss.loss_hi, whole.loss_hi)
     np.testing.assert_array_equal(loss.loss_lo, whole.loss_lo)
+
+
+def test_reused_buffers_give_the_same_blocks():
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 4, (24, 64)).astype(np.float32)
+    p = Problem(x, rng.integers(0, 64, 24))
+    fresh = [(b.hi.copy(), b.lo.copy(), b.bound.copy()) for b in R.blocks(p, workers=1, block_logits=64 * 8)]
+    reused = [(b.hi.copy(), b.lo.copy(), b.bound.copy())
+              for b in R.blocks(p, workers=1, block_logits=64 * 8, reuse=True)]
+    assert len(fresh) == 3
+    for f, r in zip(fresh, reused, strict=True):
+        for a, b in zip(f, r, strict=True):
+            np.testing.assert_array_equal(a, b)
