@@ -89,47 +89,77 @@ def load(path: str | Path | None = None, *, cwd: Path | None = None) -> tuple[di
 # -- the scale each element is entitled to ---------------------------------------------------------
 
 
+#: Logits per block when the row factors scan the logits (8 MB of float64 temporaries).
+_ROW_BLOCK_ELEMS = 1 << 20
+
+
 def _row_factors(problem: Problem):
     """Per row: logit magnitude 1 + max|x| (finite entries), loss weight factor c_n, gradient
     factor c'_n, and the reduction's sigma; plus the mean's denominator."""
     x, t = problem.rows()
-    x = x.astype(np.float64)
     C = problem.num_classes
     eps = problem.label_smoothing
     w = np.ones(C) if problem.weight is None else np.abs(problem.weight.astype(np.float64))
-    fin = np.where(np.isfinite(x), np.abs(x), 0.0)
-    mag = 1.0 + fin.max(axis=1, initial=0.0)
+    # max|x| over the finite entries, in row blocks: no full-size float64 copy of the logits
+    # (an 8192 x 128256 language-model batch would need 8.4 GB for it); the max is exact, so
+    # the blocking changes nothing
+    M = x.shape[0]
+    # eps > 0 implies C > 0 for index targets (C = 0 admits only ignored targets); the smoothing
+    # terms are left out when eps = 0, as PyTorch leaves them out (a NaN weight of an unused
+    # class must not turn 0 * NaN into a NaN scale)
+    eoc = eps / C if eps > 0 and C else 0.0
+    mag = np.empty(M)
     if problem.probability_target:
-        tp = (1 - eps) * t.astype(np.float64) + eps / C
-        wt = np.abs(w * tp)
-        c = wt.sum(axis=1)
-        cg = c + wt.max(axis=1, initial=0.0)
+        c, cg = np.empty(M), np.empty(M)
+    step = max(1, _ROW_BLOCK_ELEMS // max(C, 1))
+    for a in range(0, M, step):
+        rows = slice(a, min(M, a + step))
+        xb = x[rows].astype(np.float64)
+        fin = np.where(np.isfinite(xb), np.abs(xb), 0.0)
+        mag[rows] = 1.0 + fin.max(axis=1, initial=0.0)
+        if problem.probability_target:
+            tb = t[rows].astype(np.float64)
+            tp = (1 - eps) * tb + eoc if eps > 0 else tb
+            wt = np.abs(w * tp)
+            c[rows] = wt.sum(axis=1)
+            cg[rows] = c[rows] + wt.max(axis=1, initial=0.0)
+    if problem.probability_target:
         denom = float(problem.num_samples)
     else:
         kept = t != problem.ignore_index
-        wy = np.where(kept, w[np.where(kept, t, 0)], 0.0)
-        c = np.where(kept, (1 - eps) * wy + eps / C * w.sum(), 0.0)
-        cg = np.where(kept, c + eps / C * w.max(initial=0.0), 0.0)
+        wy = np.where(kept, w[np.where(kept, t, 0)], 0.0) if C else np.zeros(t.shape)
+        if eps > 0:
+            c = np.where(kept, (1 - eps) * wy + eoc * w.sum(), 0.0)
+            cg = np.where(kept, c + eoc * w.max(initial=0.0), 0.0)
+        else:
+            c = cg = wy
         signed_w = np.ones(C) if problem.weight is None else problem.weight.astype(np.float64)
-        denom = float(np.abs(np.where(kept, signed_w[np.where(kept, t, 0)], 0.0).sum()))
+        denom = float(np.abs(np.where(kept, signed_w[np.where(kept, t, 0)], 0.0).sum())) if C else 0.0
     sigma = 1.0 / denom if problem.reduction == "mean" and denom else 1.0
     return mag, c, cg, sigma, denom
 
 
 def scales(problem: Problem, quantity: str) -> np.ndarray:
     """The backward-stable scale of every output element ('loss' or 'grad'), shaped like it."""
-    mag, c, cg, sigma, denom = _row_factors(problem)
-    if quantity == "loss":
-        per = c * (mag + math.log(problem.num_classes))
-        if problem.reduction == "none":
-            return per.reshape(problem.output_shape)
-        total = per.sum()
-        return np.array(total / denom if problem.reduction == "mean" and denom else total)
-    if quantity != "grad":
+    if quantity == "grad":
+        per = grad_row_scales(problem)
+        rows = np.broadcast_to(per[:, None], (per.size, problem.num_classes))
+        return problem.unrows(np.ascontiguousarray(rows))
+    if quantity != "loss":
         raise ValueError(f"quantity must be 'loss' or 'grad', got {quantity!r}")
-    per = sigma * cg * mag
-    rows = np.broadcast_to(per[:, None], (per.size, problem.num_classes))
-    return problem.unrows(np.ascontiguousarray(rows))
+    mag, c, _, _, denom = _row_factors(problem)
+    per = c * (mag + math.log(max(problem.num_classes, 1)))
+    if problem.reduction == "none":
+        return per.reshape(problem.output_shape)
+    total = per.sum()
+    return np.array(total / denom if problem.reduction == "mean" and denom else total)
+
+
+def grad_row_scales(problem: Problem) -> np.ndarray:
+    """The gradient's scale per row of ``problem.rows()`` (every class of a row has the same):
+    what :func:`scales` broadcasts, as an (M,) array, for judging in row blocks."""
+    mag, _, cg, sigma, _ = _row_factors(problem)
+    return sigma * cg * mag
 
 
 # -- known failures --------------------------------------------------------------------------------

@@ -3,10 +3,17 @@
 The reference costs about a microsecond per logit per core, so a sweep computes each problem once,
 in parallel processes, and later runs (and ``--resume``) read it back. Location: $XENT_CACHE, else
 $XDG_CACHE_HOME/xent-harness, else ~/.cache/xent-harness; one compressed .npz per problem.
+
+Large problems (at least :data:`BLOCKWISE_LOGITS` logits, e.g. a language-model batch of
+8192 x 128256) keep only their loss here (``<digest>.loss.npz``): their gradient as
+double-doubles would take 16 bytes a logit (17 GB), so the sweeps recompute it in row blocks
+while judging (:mod:`harness.blockwise`). With the loss goes one fact learnt on the way, whether
+the gradient has inf/NaN anywhere (it decides whether a special-value cell exists).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +26,43 @@ from harness.problem import Problem
 #: Problems at least this large are split by rows across all workers; smaller ones are spread
 #: one per worker.
 _BIG = 200_000
+#: Problems with at least this many logits are judged blockwise and cached without gradient:
+#: 2**22 logits are 64 MB of double-double gradient; the catalogue's largest ordinary scenario
+#: has 524,288 logits, a language-model batch 1.05e9.
+BLOCKWISE_LOGITS = 1 << 22
+
+
+def is_large(problem_or_size) -> bool:
+    """Whether a problem (or a number of logits) is judged blockwise, its gradient never cached."""
+    size = problem_or_size if isinstance(problem_or_size, int) else problem_or_size.logits.size
+    return size >= BLOCKWISE_LOGITS
+
+
+#: Logits arrays at least this large have their digest streamed (see :func:`digest`).
+_STREAM_DIGEST_BYTES = 64 << 20
+_DIGEST_PIECE = 64 << 20
+
+
+def digest(problem: Problem) -> str:
+    """``problem.digest`` without its full-size copy: for a large problem the same sha256 is fed
+    in 64 MB pieces (``arr.tobytes()`` of a 4.2 GB logits array would copy it) and stored as the
+    problem's cached digest, so later ``problem.digest`` calls are free too. (tests check that
+    it equals ``Problem.digest``.)"""
+    if "digest" in problem.__dict__ or problem.logits.nbytes < _STREAM_DIGEST_BYTES:
+        return problem.digest
+    h = hashlib.sha256()
+    for arr in (problem.logits, problem.target, problem.weight):
+        if arr is None:
+            h.update(b"none;")
+            continue
+        h.update(f"{arr.dtype.name}{arr.shape};".encode())
+        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        for a in range(0, flat.size, _DIGEST_PIECE):
+            h.update(memoryview(flat[a:a + _DIGEST_PIECE]))
+    h.update(f"{problem.ignore_index};{problem.reduction};{problem.label_smoothing!r}".encode())
+    d = h.hexdigest()
+    problem.__dict__["digest"] = d  # what functools.cached_property itself stores
+    return d
 
 
 def default_dir() -> Path:
@@ -32,9 +76,9 @@ class ReferenceCache:
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory or default_dir()) / f"reference-v{reference.VERSION}"
 
-    def _path(self, problem: Problem) -> Path:
-        d = problem.digest
-        return self.directory / d[:2] / f"{d}.npz"
+    def _path(self, problem: Problem, suffix: str = ".npz") -> Path:
+        d = digest(problem)
+        return self.directory / d[:2] / f"{d}{suffix}"
 
     def load(self, problem: Problem) -> reference.Exact | None:
         path = self._path(problem)
@@ -46,6 +90,9 @@ class ReferenceCache:
             return None  # missing or unreadable (e.g. cut by a kill): recompute
 
     def store(self, problem: Problem, ex: reference.Exact) -> None:
+        if is_large(problem):
+            self.store_loss(problem, ex)
+            return
         path = self._path(problem)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -54,16 +101,58 @@ class ReferenceCache:
                                 grad_lo=ex.grad_lo, bits=ex.bits, unresolved=ex.unresolved)
         os.replace(tmp, path)
 
+    # -- large problems: the loss only ---------------------------------------------------------------
+    def load_loss(self, problem: Problem) -> tuple[reference.Exact, bool | None] | None:
+        """(the loss as an Exact without gradient, whether the gradient has inf/NaN: None when
+        not known yet), or None when not cached."""
+        try:
+            with np.load(self._path(problem, ".loss.npz")) as z:
+                ex = reference.Exact(z["loss_hi"], z["loss_lo"], bits=int(z["bits"]),
+                                     unresolved=int(z["unresolved"]))
+                flag = int(z["grad_nonfinite"])
+        except (OSError, KeyError, ValueError):
+            return None
+        return ex, (None if flag < 0 else bool(flag))
+
+    def store_loss(self, problem: Problem, ex: reference.Exact, grad_nonfinite: bool | None = None) -> None:
+        path = self._path(problem, ".loss.npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        flag = -1 if grad_nonfinite is None else int(grad_nonfinite)
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, loss_hi=ex.loss_hi, loss_lo=ex.loss_lo, bits=ex.bits,
+                                unresolved=ex.unresolved, grad_nonfinite=flag)
+        os.replace(tmp, path)
+
+    def loss(self, problem: Problem, *, workers: int | None = None) -> reference.Exact:
+        """The loss of a (large) problem, from the cache or computed in row blocks without the
+        gradient, and cached."""
+        hit = self.load_loss(problem)
+        if hit is not None:
+            return hit[0]
+        ex = reference.blocks(problem, grad=False, workers=workers).loss()
+        self.store_loss(problem, ex)
+        return ex
+
+    def _load_any(self, problem: Problem) -> reference.Exact | None:
+        if not is_large(problem):
+            return self.load(problem)
+        hit = self.load_loss(problem)
+        return None if hit is None else hit[0]
+
     def get_many(self, problems: list[Problem], *, workers: int | None = None,
                  log: Callable[[str], None] | None = None) -> list[reference.Exact]:
-        """References of every problem (with gradients), computing the missing ones."""
-        out: list[reference.Exact | None] = [self.load(p) for p in problems]
+        """References of every problem, computing the missing ones: with gradients, except for
+        large problems (:func:`is_large`), whose Exact has the loss only."""
+        out: list[reference.Exact | None] = [self._load_any(p) for p in problems]
         missing = [i for i, ex in enumerate(out) if ex is None]
         if missing and log:
             size = sum(problems[i].logits.size for i in missing)
             log(f"reference: computing {len(missing)} problems ({size:,} logits); "
                 f"{len(problems) - len(missing)} cached in {self.directory}")
-        big = [i for i in missing if problems[i].logits.size >= _BIG]
+        for i in [i for i in missing if is_large(problems[i])]:
+            out[i] = self.loss(problems[i], workers=workers)
+        big = [i for i in missing if _BIG <= problems[i].logits.size and not is_large(problems[i])]
         small = [i for i in missing if problems[i].logits.size < _BIG]
         for i in big:
             out[i] = reference.evaluate(problems[i], workers=workers)

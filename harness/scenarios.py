@@ -6,8 +6,10 @@ one table there); this module loads it, expands the templates, and turns each sc
 
 A scenario is deterministic: its problem for a dtype depends only on its name (through the seed),
 its parameters and the dtype. Logits are drawn in float64 with ``numpy.random.default_rng(seed)``
-and rounded once to the dtype (the bit-pattern scenarios draw the dtype's bits directly); nothing
-on the way calls a vectorised transcendental function, whose last bit may differ between CPUs.
+and rounded once to the dtype (the bit-pattern scenarios draw the dtype's bits directly; the
+language-model ones, ``llm``, draw float32 in row blocks so that 1e9 logits never exist in
+float64); nothing on the way calls a vectorised transcendental function, whose last bit may
+differ between CPUs.
 
 TOML schema (see the header of ``scenarios.toml`` for the full story)::
 
@@ -299,6 +301,40 @@ def _bits(rng, fmt, p, m, c):
     return (mag | sign).view(fmt.dtype), None
 
 
+#: Logits per block when the llm generator draws (16 MB of float32).
+_LLM_BLOCK = 1 << 22
+
+
+@_kind("llm", "scale", "spikes", "lift", "top_target")
+def _llm(rng, fmt, p, m, c):
+    """A trained language model's next-token logits: a N(0, scale²) body over the vocabulary and
+    ``spikes`` tokens per row (random columns, a repeat overwrites) at lift[0]..lift[1] above it,
+    which take most of the probability (C e^{scale²/2} against e^{lift}); the target is one of
+    the spikes with probability ``top_target``, else any token (the long tail: losses of ~20).
+
+    Memory-frugal: the body is drawn in float32 blocks of rows straight into the dtype's array
+    (no float64 array of the problem's size exists); it has its own stream, so the blocking does
+    not change the values."""
+    scale = float(p.get("scale", 2.0))
+    k = int(p.get("spikes", 5))
+    lift = p.get("lift", (10.0, 20.0))
+    top = float(p.get("top_target", 0.75))
+    body = np.random.default_rng(int(rng.integers(0, 2**63)))
+    x = np.empty((m, c), fmt.dtype)
+    step = max(1, _LLM_BLOCK // max(c, 1))
+    for a in range(0, m, step):
+        blk = body.standard_normal((min(m, a + step) - a, c), dtype=np.float32)
+        blk *= np.float32(scale)
+        x[a:a + step] = blk  # float32 -> dtype: one rounding (numpy, ml_dtypes)
+    rows = np.arange(m)
+    cols = rng.integers(0, c, (m, k))
+    peaks = rng.uniform(float(lift[0]), float(lift[1]), (m, k)).astype(np.float32)
+    x[rows[:, None], cols] = peaks
+    pick = cols[rows, rng.integers(0, k, m)]
+    t = np.where(rng.random(m) < top, pick, rng.integers(0, c, m))
+    return x, t
+
+
 # ----------------------------------------------------------------------------------------------
 # From row space to a Problem
 
@@ -334,7 +370,7 @@ def _generate(s: Scenario, fmt: Format) -> Problem:
     rng = np.random.default_rng(s.seed)
     x, t = KINDS[s.kind](rng, fmt, p, m, c)
     with np.errstate(over="ignore", invalid="ignore"):
-        x = np.asarray(x).astype(fmt.dtype)
+        x = np.asarray(x).astype(fmt.dtype, copy=False)  # no copy when the kind drew the dtype
     if t is None:
         t = rng.integers(0, c, m)
     ignore_index = int(p.get("ignore_index", -100))

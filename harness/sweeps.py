@@ -5,6 +5,15 @@ cache (computed once, in parallel processes), call the implementation (fault-iso
 :mod:`harness.runner`), and judge the loss, the gradient and the inf/NaN pattern
 (:mod:`harness.verdicts`). Finished cells go straight to the results file, so ``--resume`` skips
 them.
+
+Large problems (at least ``cache.BLOCKWISE_LOGITS`` logits: the language-model scenarios) are
+taken one at a time, in bounded memory: the problem is built when its turn comes; each
+implementation is called and its gradient held; then one pass of the reference in row blocks
+(:func:`harness.reference.blocks`) judges every held gradient block by block
+(:mod:`harness.blockwise`) and yields the loss, which the cache keeps (the gradient it never
+stores: 17 GB for 8192 x 128256). Gradients are held together up to :data:`HOLD_BYTES` (or one
+at a time, if one is larger), so a mid-size problem costs one reference pass for all
+implementations and an 8192 x 128256 one holds a single 4.2 GB gradient at a time.
 """
 
 from __future__ import annotations
@@ -15,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness import registry, scenarios, verdicts
-from harness.cache import ReferenceCache
+from harness.cache import ReferenceCache, is_large
 from harness.results import Results
 from harness.runner import CallFailed, Runner
 
 KINDS = ("accuracy", "gradient", "special")
+#: Bytes of implementation gradients held for one blockwise reference pass (large problems).
+HOLD_BYTES = 2 << 30
 
 
 @dataclass
@@ -60,16 +71,28 @@ def run(plan: Plan, results: Results, *, log: Callable[[str], None] = print, pro
                   if any(not results.has((k, e.name, d, s.name)) for e in plan.entries for k in wanted)]
     if not todo_pairs:
         return
+    large = [(s, d) for s, d in todo_pairs if is_large(s.size)]
+    small = [(s, d) for s, d in todo_pairs if not is_large(s.size)]
+    total = len(todo_pairs) * len(plan.entries)
+    bar = progress(total) if progress else None
+    try:
+        if small:
+            _run_small(plan, results, small, wanted, log, bar)
+        if large:
+            _run_large(plan, results, large, wanted, log, bar)
+    finally:
+        if bar:
+            bar.close()
+
+
+def _run_small(plan, results, todo_pairs, wanted, log, bar):
     problems = {(s.name, d): s.problem(d) for s, d in todo_pairs}
     keys = list(problems)
     t0 = time.monotonic()
     exacts = dict(zip(keys, plan.cache.get_many([problems[k] for k in keys], workers=plan.workers, log=log)))
     log(f"reference: {len(keys)} problems ready in {time.monotonic() - t0:.1f} s")
-    total = len(todo_pairs) * len(plan.entries)
-    bar = progress(total) if progress else None
     for entry in plan.entries:
-        isolate = plan.isolate if plan.isolate is not None else ("spec" in entry.extra)
-        runner = Runner(entry, isolate=isolate, timeout=plan.timeout)
+        runner = Runner(entry, isolate=_isolate(plan, entry), timeout=plan.timeout)
         try:
             for s, d in todo_pairs:
                 _one(plan, results, runner, entry, s, d, problems[(s.name, d)], exacts[(s.name, d)], wanted)
@@ -77,22 +100,14 @@ def run(plan: Plan, results: Results, *, log: Callable[[str], None] = print, pro
                     bar.update(1)
         finally:
             runner.close()
-    if bar:
-        bar.close()
 
 
-def _one(plan, results, runner, entry, s, d, problem, exact, wanted):
-    impl = entry.impl
-    name = entry.name
-    need = [k for k in wanted if not results.has((k, name, d, s.name))]
-    if not need:
-        return
-    reason = impl.supports(problem)
-    if reason:
-        for k in need:
-            if k != "special" or _has_special(exact):
-                results.add_cell(_cell(k, name, d, s.name, "unsupported", reason))
-        return
+def _isolate(plan, entry) -> bool:
+    return plan.isolate if plan.isolate is not None else ("spec" in entry.extra)
+
+
+def _call(runner, impl, problem, need) -> tuple[dict, dict, dict]:
+    """Call loss and/or grad as the needed cells require: (outputs, errors, timings)."""
     outputs: dict = {}
     errors: dict = {}
     timings: dict = {}
@@ -109,6 +124,22 @@ def _one(plan, results, runner, entry, s, d, problem, exact, wanted):
         except (CallFailed, ValueError) as exc:
             errors[op] = str(exc)
         timings[op] = time.perf_counter() - t0
+    return outputs, errors, timings
+
+
+def _one(plan, results, runner, entry, s, d, problem, exact, wanted):
+    impl = entry.impl
+    name = entry.name
+    need = [k for k in wanted if not results.has((k, name, d, s.name))]
+    if not need:
+        return
+    reason = impl.supports(problem)
+    if reason:
+        for k in need:
+            if k != "special" or _has_special(exact):
+                results.add_cell(_cell(k, name, d, s.name, "unsupported", reason))
+        return
+    outputs, errors, timings = _call(runner, impl, problem, need)
     for k in need:
         op = "loss" if k == "accuracy" else "grad"
         if k == "gradient" and not impl.has_grad:
@@ -133,6 +164,191 @@ def _one(plan, results, runner, entry, s, d, problem, exact, wanted):
         budget = _budget(plan.budgets, d, k)
         status, message, metrics = verdicts.judge(problem, op, outputs[op], hi, lo, plan.budgets[d])
         results.add_cell(_cell(k, name, d, s.name, status, message, metrics, budget, timings.get(op)))
+
+
+# -- large problems: blockwise ---------------------------------------------------------------------
+
+
+class _LargeReference:
+    """The reference of one large problem: the loss and whether the gradient has inf/NaN, from
+    the cache or from a blockwise pass; :meth:`judge` runs a pass judging held gradients."""
+
+    def __init__(self, plan: Plan, problem, name: str, log):
+        self.plan, self.problem, self.name, self.log = plan, problem, name, log
+        hit = plan.cache.load_loss(problem)
+        self.exact, self.grad_nonfinite = hit if hit is not None else (None, None)
+
+    def loss(self):
+        if self.exact is None:
+            t0 = time.monotonic()
+            self.exact = self.plan.cache.loss(self.problem, workers=self.plan.workers)
+            self.log(f"reference: {self.name} loss (blockwise, {self.problem.logits.size:,} logits) "
+                     f"in {time.monotonic() - t0:.1f} s")
+        return self.exact
+
+    def has_special(self) -> bool | None:
+        """Whether a special-value cell exists (the loss or the gradient has inf/NaN); None
+        while the gradient has not been seen."""
+        import numpy as np
+
+        if self.exact is not None and not np.isfinite(self.exact.loss_hi).all():
+            return True
+        return self.grad_nonfinite
+
+    def judge(self, judges: list) -> None:
+        """One pass of the reference in row blocks, feeding every judge each block; records the
+        loss and the gradient's inf/NaN flag, and caches them."""
+        import numpy as np
+
+        from harness import reference
+
+        blocks = reference.blocks(self.problem, grad=True, workers=self.plan.workers)
+        it = iter(blocks)
+        t_ref = t_judge = 0.0
+        nonfinite = False
+        while True:
+            t0 = time.perf_counter()
+            b = next(it, None)
+            t_ref += time.perf_counter() - t0
+            if b is None:
+                break
+            nonfinite = nonfinite or not bool(np.isfinite(b.hi).all())
+            t0 = time.perf_counter()
+            for j in judges:
+                j.add(b)
+            t_judge += time.perf_counter() - t0
+            del b
+        t0 = time.perf_counter()
+        exact = blocks.loss()
+        t_ref += time.perf_counter() - t0
+        if self.exact is None:
+            self.exact = exact
+        self.grad_nonfinite = nonfinite
+        self.plan.cache.store_loss(self.problem, self.exact, nonfinite)
+        self.log(f"reference: {self.name} (blockwise, {self.problem.logits.size:,} logits) in {t_ref:.1f} s; "
+                 f"judged {len(judges)} gradients in {t_judge:.1f} s")
+
+
+@dataclass
+class _Item:
+    """One implementation's outputs on a large problem, waiting for its cells."""
+
+    entry: registry.Entry
+    need: list
+    reason: str | None = None
+    outputs: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    judge: object = None  # blockwise.GradJudge, once judged
+
+    def wants_pass(self, ref: _LargeReference) -> bool:
+        if self.reason or self.outputs.get("grad") is None:
+            return False
+        return "gradient" in self.need or ("special" in self.need and ref.has_special() is not False)
+
+
+def _run_large(plan, results, pairs, wanted, log, bar):
+    runners: dict = {}
+    try:
+        for s, d in pairs:
+            t0 = time.monotonic()
+            problem = s.problem(d)
+            log(f"problem: {s.name}/{d} built in {time.monotonic() - t0:.1f} s "
+                f"({problem.logits.nbytes / 1e9:.2f} GB of logits)")
+            _large_pair(plan, results, runners, s, d, problem, wanted, log, bar)
+            del problem
+    finally:
+        for r in runners.values():
+            r.close()
+
+
+def _large_pair(plan, results, runners, s, d, problem, wanted, log, bar):
+    from harness import blockwise
+
+    ref = _LargeReference(plan, problem, f"{s.name}/{d}", log)
+    held: list[_Item] = []
+    done: list[_Item] = []
+
+    def flush():
+        if held:
+            for it in held:
+                it.judge = blockwise.GradJudge(problem, it.outputs["grad"], plan.budgets[d])
+            ref.judge([it.judge for it in held])
+            for it in held:
+                _large_cells(plan, results, it, s, d, problem, ref)
+                it.outputs.pop("grad", None)  # release the gradient
+            held.clear()
+
+    for entry in plan.entries:
+        need = [k for k in wanted if not results.has((k, entry.name, d, s.name))]
+        if not need:
+            if bar:
+                bar.update(1)
+            continue
+        item = _Item(entry, need, entry.impl.supports(problem))
+        if item.reason is None:
+            if held and sum(it.outputs["grad"].nbytes for it in held) + problem.logits.nbytes > HOLD_BYTES:
+                flush()  # the next gradient would not fit beside the held ones
+            if entry.name not in runners:
+                runners[entry.name] = Runner(entry, isolate=_isolate(plan, entry), timeout=plan.timeout)
+            item.outputs, item.errors, item.timings = _call(runners[entry.name], entry.impl, problem, need)
+        if item.wants_pass(ref):
+            held.append(item)
+        else:
+            done.append(item)
+        if bar:
+            bar.update(1)
+    flush()
+    for it in done:
+        _large_cells(plan, results, it, s, d, problem, ref)
+
+
+def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) -> None:
+    """The cells of one implementation on a large problem (the same decisions as :func:`_one`)."""
+    from harness import blockwise
+
+    name, impl = it.entry.name, it.entry.impl
+
+    def has_special() -> bool:
+        ref.loss()
+        if ref.has_special() is None:
+            ref.judge([])  # learn whether the gradient has inf/NaN (no output to judge)
+        return bool(ref.has_special())
+
+    if it.reason:
+        for k in it.need:
+            if k != "special" or has_special():
+                results.add_cell(_cell(k, name, d, s.name, "unsupported", it.reason))
+        return
+    for k in it.need:
+        op = "loss" if k == "accuracy" else "grad"
+        if k == "gradient" and not impl.has_grad:
+            results.add_cell(_cell(k, name, d, s.name, "unsupported", f"{name} provides no gradient"))
+            continue
+        if k == "special":
+            if not has_special():
+                continue
+            failed = [f"{o}: {it.errors[o]}" for o in ("loss", "grad") if o in it.errors]
+            if failed:
+                results.add_cell(_cell(k, name, d, s.name, "error", "; ".join(failed)))
+                continue
+            exact = ref.loss()
+            judged = blockwise.judge_special(problem, it.outputs, exact.loss_hi, exact.loss_lo, it.judge)
+            if judged is not None:
+                status, message, metrics = judged
+                results.add_cell(_cell(k, name, d, s.name, status, message, metrics))
+            continue
+        if op in it.errors:
+            results.add_cell(_cell(k, name, d, s.name, "error", it.errors[op], seconds=it.timings.get(op)))
+            continue
+        budget = _budget(plan.budgets, d, k)
+        if op == "loss":
+            exact = ref.loss()
+            status, message, metrics = blockwise.judge_loss(problem, it.outputs["loss"], exact.loss_hi,
+                                                            exact.loss_lo, plan.budgets[d])
+        else:
+            status, message, metrics = it.judge.result()
+        results.add_cell(_cell(k, name, d, s.name, status, message, metrics, budget, it.timings.get(op)))
 
 
 def mark_known(cells: list[dict], known: list[dict]) -> int:

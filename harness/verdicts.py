@@ -53,6 +53,11 @@ def judge(problem: Problem, quantity: str, y: np.ndarray, hi: np.ndarray, lo: np
     m = metrics.compare(yv, hv, lv, fmt) if yv.size else {"count": 0}
     ulps = metrics.ulp_error(yv, hv, lv, fmt) if yv.size else np.zeros(0)
     m["hist"] = metrics.summarize(ulps)["hist"]
+    if yv.size:
+        # the mean and the normwise error from per-row partial sums combined exactly (see
+        # metrics.SegmentSums): the blockwise judge (harness.blockwise) gives the same bits
+        m["ulp_mean"], m["normwise"] = _segment_sums(problem, quantity, fin, yv, hv, lv, ulps,
+                                                     m["nonfinite_mismatch"] > 0)
     yf = yv.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         err = np.abs((yf - hv) - lv)
@@ -70,46 +75,73 @@ def judge(problem: Problem, quantity: str, y: np.ndarray, hi: np.ndarray, lo: np
         index = np.argwhere(fin)[i].tolist()
         m["worst"] = {"index": index, "y": float(yf[i]), "ref": float(hv[i] + lv[i]),
                       "ulp": float(ulps[i]), "scaled": float(scaled[i])}
-    status, message = "pass", None
     bad = int(np.count_nonzero(~ok))
     m["failing"] = bad
-    if bad:
-        status = "fail"
-        w = m["worst"]
-        nonfinite = int(np.count_nonzero(~np.isfinite(yf)))
-        what = "loss" if quantity == "loss" else "gradient"
-        if nonfinite:
-            message = (f"{what}: {nonfinite} of {yf.size} values are inf/NaN where the contract is "
-                       f"finite (e.g. {_describe(w['y'])} for {_describe(w['ref'])} at {w['index']})")
-        else:
-            message = (f"{what}: {bad} of {yf.size} values outside budget; worst {_describe(w['y'])} "
-                       f"for {_describe(w['ref'])} at {w['index']}: {w['ulp']:.3g} ULP, "
-                       f"{w['scaled']:.3g}× the scaled budget unit (budget {b_ulp} ULP or {b_scaled})")
+    nonfinite = int(np.count_nonzero(~np.isfinite(yf)))
+    status, message = verdict(quantity, m, bad, nonfinite, int(yf.size), b_ulp, b_scaled)
     return status, message, m
 
 
-def judge_special(problem: Problem, outputs: dict, exact) -> tuple[str, str | None, dict] | None:
-    """Special-value conformance over the positions where the reference is inf/NaN; None when
-    it has none. ``outputs`` maps 'loss'/'grad' to the implementation's arrays (grad optional)."""
+def _segment_sums(problem: Problem, quantity: str, fin, yv, hv, lv, ulps, mismatch: bool):
+    """(ulp_mean, normwise) of the compared positions, summed per row segment of the
+    problem's rows() view (the loss: one row), zeros elsewhere."""
+
+    def rows(values):
+        full = np.zeros(fin.shape)
+        full[fin] = values
+        if quantity == "loss" or full.ndim < 2:
+            return full.reshape(1, -1)
+        return np.moveaxis(full, problem.class_axis, -1).reshape(-1, full.shape[problem.class_axis])
+
+    sums = metrics.SegmentSums()
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = rows(np.where(np.isfinite(yv.astype(np.float64)), yv.astype(np.float64), 0.0))
+        sums.add_rows(rows(ulps), y, rows(hv), rows(lv), int(yv.size), mismatch)
+    return sums.mean_value(), sums.normwise()
+
+
+def verdict(quantity: str, m: dict, bad: int, nonfinite: int, count: int, b_ulp, b_scaled
+            ) -> tuple[str, str | None]:
+    """Status and message of a loss/gradient cell from its metrics (shared with the blockwise
+    judge, :mod:`harness.blockwise`): ``bad`` elements outside the budget, ``nonfinite`` of the
+    ``count`` compared are inf/NaN."""
+    if not bad:
+        return "pass", None
+    w = m["worst"]
+    what = "loss" if quantity == "loss" else "gradient"
+    if nonfinite:
+        message = (f"{what}: {nonfinite} of {count} values are inf/NaN where the contract is "
+                   f"finite (e.g. {_describe(w['y'])} for {_describe(w['ref'])} at {w['index']})")
+    else:
+        message = (f"{what}: {bad} of {count} values outside budget; worst {_describe(w['y'])} "
+                   f"for {_describe(w['ref'])} at {w['index']}: {w['ulp']:.3g} ULP, "
+                   f"{w['scaled']:.3g}× the scaled budget unit (budget {b_ulp} ULP or {b_scaled})")
+    return "fail", message
+
+
+def special_part(problem: Problem, y: np.ndarray, hi, lo, name: str) -> tuple[int, int, list[dict]]:
+    """(positions where RN_F(reference) is inf/NaN, how many of them y misses, the first three
+    misses) of one quantity."""
     fmt = problem.format
-    parts = [("loss", exact.loss_hi, exact.loss_lo)]
-    if outputs.get("grad") is not None and exact.grad_hi is not None:
-        parts.append(("grad", exact.grad_hi, exact.grad_lo))
-    count = mismatch = 0
+    rf = metrics.round_to_format(np.atleast_1d(hi), np.atleast_1d(lo), fmt).reshape(np.shape(hi)).astype(np.float64)
+    special = ~np.isfinite(rf)
+    if not special.any():
+        return 0, 0, []
+    y = np.asarray(y).astype(np.float64)
+    ys, rs = y[special], rf[special]
+    same = (np.isnan(ys) & np.isnan(rs)) | (ys == rs)
     examples = []
-    for name, hi, lo in parts:
-        rf = metrics.round_to_format(np.atleast_1d(hi), np.atleast_1d(lo), fmt).reshape(np.shape(hi)).astype(np.float64)
-        special = ~np.isfinite(rf)
-        if not special.any():
-            continue
-        y = np.asarray(outputs[name]).astype(np.float64)
-        ys, rs = y[special], rf[special]
-        same = (np.isnan(ys) & np.isnan(rs)) | (ys == rs)
-        count += int(special.sum())
-        mismatch += int((~same).sum())
-        for k in np.flatnonzero(~same)[:3]:
-            idx = np.argwhere(special)[k].tolist()
-            examples.append({"quantity": name, "index": idx, "y": float(ys[k]), "ref": float(rs[k])})
+    for k in np.flatnonzero(~same)[:3]:
+        idx = np.argwhere(special)[k].tolist()
+        examples.append({"quantity": name, "index": idx, "y": float(ys[k]), "ref": float(rs[k])})
+    return int(special.sum()), int((~same).sum()), examples
+
+
+def special_verdict(parts: list[tuple[int, int, list[dict]]]) -> tuple[str, str | None, dict] | None:
+    """The special-value cell from the parts of :func:`special_part` (None: no special position)."""
+    count = sum(p[0] for p in parts)
+    mismatch = sum(p[1] for p in parts)
+    examples = [e for p in parts for e in p[2]]
     if count == 0:
         return None
     m = {"count": count, "mismatch": mismatch, "examples": examples}
@@ -119,3 +151,12 @@ def judge_special(problem: Problem, outputs: dict, exact) -> tuple[str, str | No
                f"{e['index']}: {_describe(e['y'])} instead of {_describe(e['ref'])}")
         return "fail", msg, m
     return "pass", None, m
+
+
+def judge_special(problem: Problem, outputs: dict, exact) -> tuple[str, str | None, dict] | None:
+    """Special-value conformance over the positions where the reference is inf/NaN; None when
+    it has none. ``outputs`` maps 'loss'/'grad' to the implementation's arrays (grad optional)."""
+    parts = [special_part(problem, outputs["loss"], exact.loss_hi, exact.loss_lo, "loss")]
+    if outputs.get("grad") is not None and exact.grad_hi is not None:
+        parts.append(special_part(problem, outputs["grad"], exact.grad_hi, exact.grad_lo, "grad"))
+    return special_verdict(parts)

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {
     "benchmarks/reference_throughput.py": ["--smoke"],
     "benchmarks/bench_numpy_vs_torch.py": ["--rounds", "1"],
+    "benchmarks/llm_memory.py": ["--rows", "64", "--cols", "4096"],
+    "benchmarks/fastpath_kernels.py": ["--rows", "64", "--cols", "4096", "--repeat", "1"],
 }
 
 
