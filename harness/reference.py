@@ -745,7 +745,9 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     import multiprocessing as mp
     import sys
 
-    threaded = any(m in sys.modules for m in ("jax", "torch", "cupy"))
+    # numba's fast pass starts OpenMP/TBB worker threads too: a forked child then dies
+    # (BrokenProcessPool), so it counts like the others.
+    threaded = any(m in sys.modules for m in ("jax", "torch", "cupy", "harness.fastpath"))
     method = "forkserver" if threaded or sys.platform != "linux" else "fork"
     return ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
 

@@ -38,3 +38,14 @@ def test_reused_buffers_give_the_same_blocks():
     for f, r in zip(fresh, reused, strict=True):
         for a, b in zip(f, r, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_process_pool_after_the_fast_pass():
+    # numba's threads make fork unsafe: once the fast pass has run, workers come from a
+    # forkserver (a forked pool died with BrokenProcessPool)
+    rng = np.random.default_rng(8)
+    R.evaluate(Problem(rng.normal(0, 1, (4, 32)).astype(np.float32), np.zeros(4, np.int64)), workers=1)
+    ps = [Problem(rng.normal(0, 1, (3, 8)).astype(np.float32), np.zeros(3, np.int64)) for _ in range(3)]
+    got = R.evaluate_many(ps, workers=2)
+    for p, ex in zip(ps, got, strict=True):
+        np.testing.assert_array_equal(ex.loss_hi, R.evaluate(p, workers=1).loss_hi)
