@@ -62,7 +62,7 @@ from harness.formats import FORMATS
 from harness.problem import Problem
 
 #: Bump when the algorithm or the stored layout changes: invalidates cached references.
-VERSION = 1
+VERSION = 2  # 2: 106-bit narrow rows, head + tail values, the fast pass, torch IEEE rows
 #: First working precision of the Ziv loop (bits).
 START_BITS = 128
 #: Precision cap. Past it a value is returned as computed and counted in ``Exact.unresolved``.
