@@ -2,7 +2,10 @@
 
 Writes are crash-safe: every finished cell is appended at once to ``cells.jsonl`` (a line is
 either complete or ignored on reading), and ``results.json`` is rewritten atomically (temporary
-file + rename) at least every ``flush_seconds`` and at the end. ``Results.open(..., resume=True)``
+file + rename) now and then and at the end. The journal is the record while a run is under way,
+so the rewrites are spaced to cost at most ~5 % of the run: at least ``flush_seconds`` apart and
+at least 20 times as long apart as the last rewrite took (a full sweep's file is ~5 MB; rewriting
+it every 2 s had made the rewrites a quarter of the run's time). ``Results.open(..., resume=True)``
 merges both, so a run killed at any point is continued without recomputing finished cells.
 """
 
@@ -45,7 +48,8 @@ def number(v):
 
 
 def dumps(obj) -> str:
-    return json.dumps(_clean(obj), allow_nan=False, indent=1)
+    # compact separators keep json's C encoder (an indent makes it fall back to pure Python)
+    return json.dumps(_clean(obj), allow_nan=False, separators=(",", ":"))
 
 
 def now() -> str:
@@ -121,8 +125,12 @@ class Results:
         self.data = data
         self.flush_seconds = flush_seconds
         self._last_flush = 0.0
+        self._flush_cost = 0.0
         self._cells = {cell_key(c): c for c in data.get("cells", [])}
         self._rows = {throughput_key(r): r for r in data.get("throughput", [])}
+        # JSON-safe copies of cells and rows, made once when they are added (not at every rewrite)
+        self._clean = {("cell", k): _clean(c) for k, c in self._cells.items()}
+        self._clean |= {("row", k): _clean(r) for k, r in self._rows.items()}
         self._journal = None
 
     # construction ----------------------------------------------------------------------------
@@ -138,9 +146,11 @@ class Results:
             self = cls(directory, data, **kw)
             for entry in _read_journal(directory / JOURNAL):
                 if entry.get("type") == "cell":
-                    self._cells[cell_key(entry["cell"])] = entry["cell"]
+                    key = cell_key(entry["cell"])
+                    self._cells[key] = self._clean["cell", key] = entry["cell"]
                 elif entry.get("type") == "throughput":
-                    self._rows[throughput_key(entry["row"])] = entry["row"]
+                    key = throughput_key(entry["row"])
+                    self._rows[key] = self._clean["row", key] = entry["row"]
             self.data["run"]["resumed"] = self.data["run"].get("resumed", 0) + 1
             self.data["run"]["finished"] = None
             self.data["run"]["complete"] = False
@@ -167,12 +177,16 @@ class Results:
         return key in self._rows
 
     def add_cell(self, cell: dict) -> None:
-        self._cells[cell_key(cell)] = cell
-        self._append({"type": "cell", "cell": cell})
+        key = cell_key(cell)
+        self._cells[key] = cell
+        self._clean["cell", key] = clean = _clean(cell)
+        self._append({"type": "cell", "cell": clean})
 
     def add_row(self, row: dict) -> None:
-        self._rows[throughput_key(row)] = row
-        self._append({"type": "throughput", "row": row})
+        key = throughput_key(row)
+        self._rows[key] = row
+        self._clean["row", key] = clean = _clean(row)
+        self._append({"type": "throughput", "row": clean})
 
     @property
     def cells(self) -> list[dict]:
@@ -185,22 +199,36 @@ class Results:
     def _append(self, entry: dict) -> None:
         if self._journal is None:
             self._journal = open(self.directory / JOURNAL, "a", encoding="utf-8")
-        self._journal.write(json.dumps(_clean(entry), allow_nan=False) + "\n")
+        self._journal.write(json.dumps(entry, allow_nan=False) + "\n")
         self._journal.flush()
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
+        if time.monotonic() - self._last_flush >= max(self.flush_seconds, 20 * self._flush_cost):
             self.flush()
 
     # persistence -------------------------------------------------------------------------------
-    def flush(self) -> None:
+    def flush(self, *, reclean: bool = False) -> None:
+        """Rewrite results.json atomically. Cells are written as cleaned when they were added;
+        ``reclean`` cleans them again (close() does: annotations such as known failures are made
+        in place after the sweep)."""
+        t0 = time.monotonic()
+        if reclean:
+            self._clean = {("cell", k): _clean(c) for k, c in self._cells.items()}
+            self._clean |= {("row", k): _clean(r) for k, r in self._rows.items()}
         self.data["cells"] = self.cells
         self.data["throughput"] = self.rows
+        rest = _clean({k: v for k, v in self.data.items() if k not in ("cells", "throughput")})
+        rest["cells"] = [self._clean["cell", k] for k in self._cells]
+        rest["throughput"] = [self._clean["row", k] for k in self._rows]
+        order = {k: i for i, k in enumerate(self.data)}
+        text = json.dumps(dict(sorted(rest.items(), key=lambda kv: order[kv[0]])), allow_nan=False,
+                          separators=(",", ":"))
         tmp = self.path.with_name(f".{RESULTS}.{os.getpid()}.tmp")
-        tmp.write_text(dumps(self.data), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.path)
         self._last_flush = time.monotonic()
+        self._flush_cost = self._last_flush - t0
 
     def close(self) -> None:
-        self.flush()
+        self.flush(reclean=True)
         if self._journal is not None:
             self._journal.close()
             self._journal = None

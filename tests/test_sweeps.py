@@ -201,3 +201,43 @@ def test_list_is_fast_and_does_not_import_heavy_libraries():
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, env=env)
     assert time.monotonic() - t0 < 10
+
+
+def _big_cell(i: int) -> dict:
+    hist = {"edges": [0.0, *[4.0**k for k in range(-5, 20)], float("inf")], "counts": list(range(27))}
+    return {"kind": "accuracy", "impl": "x", "dtype": "float32", "scenario": f"s{i}", "status": "pass",
+            "message": None, "metrics": {"ulp_max": float("nan"), "hist": hist, "worst": {"index": [i, 0]}},
+            "budget": {"ulp": 4}, "seconds": 0.0}
+
+
+def test_results_rewrites_cost_a_small_share_of_the_run(tmp_path, monkeypatch):
+    """The promise of results.py: results.json is rewritten at most once per 20x its own cost
+    (the journal is the record meanwhile), so rewrites stay a small share of the run however
+    large the file grows. Measured: total rewrite time against the whole loop's time."""
+    res = results.Results.open(tmp_path, {"id": "t"}, flush_seconds=0.0)
+    spent = []
+    real = res.flush
+
+    def timed(**kw):
+        t0 = time.perf_counter()
+        real(**kw)
+        spent.append(time.perf_counter() - t0)
+
+    monkeypatch.setattr(res, "flush", timed)
+    t0 = time.perf_counter()
+    for i in range(3000):
+        res.add_cell(_big_cell(i))
+    elapsed = time.perf_counter() - t0
+    assert len(spent) >= 2  # it does rewrite while the run goes on
+    assert sum(spent) <= 0.1 * elapsed, (len(spent), sum(spent), elapsed)
+    on_disk = json.loads((tmp_path / results.RESULTS).read_text())  # a valid file at all times
+    assert 0 < len(on_disk["cells"]) <= 3000 and on_disk["cells"][0]["metrics"]["ulp_max"] == "nan"
+
+
+def test_results_close_writes_annotations_made_after_the_sweep(tmp_path):
+    res = results.Results.open(tmp_path, {"id": "t"})
+    res.add_cell(_big_cell(0) | {"status": "fail"})
+    res.cells[0]["known"] = "a reason"  # what sweeps.mark_known does, in place
+    res.close()
+    cell = json.loads((tmp_path / results.RESULTS).read_text())["cells"][0]
+    assert cell["known"] == "a reason" and cell["metrics"]["hist"]["edges"][-1] == "inf"
