@@ -239,3 +239,24 @@ def test_rounded_keeps_the_sign():
         out = R.rounded(vals, dtype).astype(np.float64)
         assert out[0] == -3 and out[2] == -1.5
         assert out[1] == 0 and math.copysign(1, out[1]) == -1
+
+
+def test_tiny_values_are_signed_zeros_everywhere_by_the_shortcut_and_by_rounding():
+    """_stable_mpfr's shortcut for |v| < 2^-1077 (huge-gap rows have thousands of such gradient
+    entries) agrees with rounding both ends of [v - b, v + b] in every format."""
+    import math
+    import random
+
+    import gmpy2
+
+    from harness import reference as R
+    from harness.formats import FORMATS
+
+    rng = random.Random(5)
+    with gmpy2.context(gmpy2.get_context(), precision=200, emin=-(2**30), emax=2**30):
+        for _ in range(300):
+            v = gmpy2.mul_2exp(gmpy2.mpfr(rng.random() + 0.5), -rng.randint(1076, 1400)) * rng.choice((-1, 1))
+            b = abs(v) * gmpy2.mpfr(rng.choice((0.0, 1e-40, 0.5, 0.999, 1.0, 3.0)))
+            ends = [R._round_fmt(v - b, f) for f in FORMATS.values()] + [R._round_fmt(v + b, f) for f in FORMATS.values()]
+            one_zero = all(e == 0 for e in ends) and len({math.copysign(1, e) for e in ends}) == 1
+            assert R._stable_mpfr(v, b) == one_zero, (v, b)
