@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.implementations.numpy_stable import NumpyStable
-from harness.registry import default_threads as default_num_threads
 from harness.problem import Problem
+from harness.registry import default_threads as default_num_threads
 
 SHAPES = ((4096, 1024), (256, 32768), (32, 262144))
 

@@ -13,7 +13,6 @@ the gradient has inf/NaN anywhere (it decides whether a special-value cell exist
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -38,31 +37,6 @@ def is_large(problem_or_size) -> bool:
     return size >= BLOCKWISE_LOGITS
 
 
-#: Logits arrays at least this large have their digest streamed (see :func:`digest`).
-_STREAM_DIGEST_BYTES = 64 << 20
-_DIGEST_PIECE = 64 << 20
-
-
-def digest(problem: Problem) -> str:
-    """``problem.digest`` without its full-size copy: for a large problem the same sha256 is fed
-    in 64 MB pieces (``arr.tobytes()`` of a 4.2 GB logits array would copy it) and stored as the
-    problem's cached digest, so later ``problem.digest`` calls are free too. (tests check that
-    it equals ``Problem.digest``.)"""
-    if "digest" in problem.__dict__ or problem.logits.nbytes < _STREAM_DIGEST_BYTES:
-        return problem.digest
-    h = hashlib.sha256()
-    for arr in (problem.logits, problem.target, problem.weight):
-        if arr is None:
-            h.update(b"none;")
-            continue
-        h.update(f"{arr.dtype.name}{arr.shape};".encode())
-        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-        for a in range(0, flat.size, _DIGEST_PIECE):
-            h.update(memoryview(flat[a:a + _DIGEST_PIECE]))
-    h.update(f"{problem.ignore_index};{problem.reduction};{problem.label_smoothing!r}".encode())
-    d = h.hexdigest()
-    problem.__dict__["digest"] = d  # what functools.cached_property itself stores
-    return d
 
 
 def default_dir() -> Path:
@@ -77,7 +51,7 @@ class ReferenceCache:
         self.directory = Path(directory or default_dir()) / f"reference-v{reference.VERSION}"
 
     def _path(self, problem: Problem, suffix: str = ".npz") -> Path:
-        d = digest(problem)
+        d = problem.digest  # streamed: no full-size copy, cached on the problem
         return self.directory / d[:2] / f"{d}{suffix}"
 
     def load(self, problem: Problem) -> reference.Exact | None:

@@ -45,10 +45,10 @@ weights sum to 0) follow torch's own chain of operations in IEEE arithmetic (:fu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-import dataclasses
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial

@@ -252,15 +252,22 @@ def test_cached_loss_serves_a_loss_only_sweep(tmp_path, monkeypatch):
     assert store.load(p) is None and store.get_many([p])[0].grad_hi is None
 
 
-def test_streamed_digest_is_the_problems(monkeypatch):
+def test_streamed_digest_is_the_sha256_of_the_bytes(monkeypatch):
+    """Problem.digest feeds 64 MB pieces (no full-size copy); it must be the sha256 of the
+    arrays' whole C-order bytes, so cache keys did not change."""
+    import hashlib
+
+    from harness import problem as problem_mod
+
     rng = np.random.default_rng(0)
     p = Problem(rng.standard_normal((40, 3000)).astype(np.float32), rng.integers(0, 3000, 40),
                 weight=rng.random(3000).astype(np.float32), reduction="sum", label_smoothing=0.1)
-    want = Problem(p.logits, p.target, weight=p.weight, reduction="sum", label_smoothing=0.1).digest
-    monkeypatch.setattr(cache_mod, "_STREAM_DIGEST_BYTES", 1 << 10)
-    monkeypatch.setattr(cache_mod, "_DIGEST_PIECE", 1 << 12)
-    assert "digest" not in p.__dict__
-    assert cache_mod.digest(p) == want and p.__dict__["digest"] == want
+    h = hashlib.sha256()
+    for arr in (p.logits, p.target, p.weight):
+        h.update(f"{arr.dtype.name}{arr.shape};".encode() + arr.tobytes())
+    h.update(b"-100;sum;0.1")
+    monkeypatch.setattr(problem_mod, "_DIGEST_PIECE", 1 << 12)  # many pieces
+    assert p.digest == h.hexdigest()
 
 
 def test_row_scales_match_scales():

@@ -385,7 +385,7 @@ def test_stable_rows_agrees_with_the_numpy_specification():
         for e in list(range(emin - p, emin + 3)) + list(rng.integers(emin, emax, 30)) + [emax]:
             ulp = 2.0 ** (max(e, emin) - p + 1)
             n = rng.integers(2 ** (p - 1), 2**p, 5).astype(np.float64) if e >= emin else rng.integers(0, 2 ** (p - 1), 5).astype(np.float64)
-            for base in list((n + 0.5) * ulp) + [2.0**e, (2 - 2.0 ** (1 - p)) * 2.0**emax + 2.0 ** (emax - p)]:
+            for base in [*((n + 0.5) * ulp), 2.0**e, (2 - 2.0 ** (1 - p)) * 2.0**emax + 2.0 ** (emax - p)]:
                 if 0 < base < 1.7e308:
                     vals.append(np.array([np.nextafter(base, 0), base, np.nextafter(base, np.inf),
                                           base * (1 + 2.0**-51), base * (1 - 2.0**-51)]))

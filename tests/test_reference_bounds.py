@@ -40,7 +40,7 @@ def arb_precision():
 
 def test_true_error_never_exceeds_the_bound(arb_precision):
     checked = 0
-    for name, p in corpus(120, seed=21, fixed=True):
+    for _name, p in corpus(120, seed=21, fixed=True):
         ex = R.evaluate(p)
         if ex.loss_bound is None:
             continue
@@ -48,6 +48,6 @@ def test_true_error_never_exceeds_the_bound(arb_precision):
         checked += _check(np.ravel(ex.loss_hi), np.ravel(ex.loss_lo), np.ravel(ex.loss_bound), lb)
         if p.logits.size and p.logits.size < 20000:
             gb = K.grad_balls(p, 400).reshape(-1)
-            mv = lambda a: np.moveaxis(a, p.class_axis, -1).reshape(-1)  # noqa: E731
+            mv = lambda a, p=p: np.moveaxis(a, p.class_axis, -1).reshape(-1)  # noqa: E731
             checked += _check(mv(ex.grad_hi), mv(ex.grad_lo), mv(ex.grad_bound), gb)
     assert checked > 2000

@@ -28,7 +28,7 @@ def textbook(x, t, *, weight=None, eps=0.0, reduction="mean", prec=4000):
     """Loss and gradient of one (N, C) index-target problem from the docs' formulas, textbook
     style (lse - x_t; softmax), at ``prec`` bits: independent of harness.reference."""
     x = np.asarray(x, dtype=np.float64)
-    N, C = x.shape
+    C = x.shape[1]
     with mpmath.workprec(prec):
         w = [mpmath.mpf(1)] * C if weight is None else [mpmath.mpf(float(v)) for v in weight]
         E = mpmath.mpf(eps)
