@@ -302,6 +302,22 @@ def test_prepare_callables_run(impl_name, dtype):
     assert_close(impl.grad(p), reference(p)[1], dtype, f"{impl_name} grad after prepare")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_jax_host_upcast_gives_the_bits_of_the_in_jit_upcast(dtype):
+    """The accuracy sweeps call jax with 16-bit inputs upcast on the host (one executable per
+    shape for three dtypes); prepare() keeps the upcast inside the jitted function. Same bits,
+    on every case and the special values."""
+    impl = _impl("jax")
+    specials = Problem(np.array([[np.inf, 0, 1], [-np.inf, 0, 1], [np.nan, 0, 1], [60000, 0, -60000]],
+                                dtype=_np_dtype(dtype)), np.array([1, 0, 2, 2]), reduction="none")
+    for p in [*(problem(dtype, c) for c in CASES), specials]:
+        loss, grad = impl.prepare(p, backward=True)()
+        for got, want in ((impl.loss(p), loss), (impl.grad(p), grad)):
+            want = np.asarray(want)
+            assert got.dtype == want.dtype == p.dtype
+            np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16), err_msg=repr(p))
+
+
 # -- torch specifics -----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_torch_conversion_is_bit_exact(dtype):

@@ -21,9 +21,11 @@ of PyTorch's own ``cross_entropy``:
 
 Precision: float64 really is float64 -- ``jax_enable_x64`` is switched on (globally, for the
 whole process) the first time this module computes anything, not at import. float16 and
-bfloat16 inputs are upcast to float32 inside the jitted function (like PyTorch's CPU/CUDA
-kernels, which accumulate in float32), and the loss and gradient are rounded once to the
-input dtype at the end. Set ``compute_in_float32 = False`` on an instance to compute 16-bit
+bfloat16 inputs are upcast to float32 (like PyTorch's CPU/CUDA kernels, which accumulate in
+float32), and the loss and gradient are rounded once to the input dtype at the end: inside the
+jitted function for ``prepare()`` (what the throughput sweep times), on the host for
+``loss``/``grad`` (so the accuracy sweeps compile one executable per shape for three dtypes;
+the bits are the same, a test compares them). Set ``compute_in_float32 = False`` on an instance to compute 16-bit
 inputs natively instead.
 
 Compilation: the options (class axis, target kind, weight or not, ignore_index, reduction, ε)
@@ -197,9 +199,29 @@ class _Jax(Implementation):
     def _value_and_grad(self, problem: Problem):
         if self._last is None or self._last[0] != problem.digest:
             _, forward_and_grad = self._functions(problem)
-            loss, grad = forward_and_grad(*self._args(problem))
-            self._last = (problem.digest, np.asarray(loss), np.asarray(grad))
+            args = self._args(self._as_float32(problem))
+            loss, grad = forward_and_grad(*args)
+            dt = problem.dtype
+            self._last = (problem.digest, np.asarray(loss).astype(dt), np.asarray(grad).astype(dt))
         return self._last[1], self._last[2]
+
+    def _as_float32(self, problem: Problem) -> Problem:
+        """float16/bfloat16 problems upcast to float32 before the jitted call (exact), so one
+        executable per shape serves three dtypes: the accuracy sweeps compile half as often. The
+        result is the same bits as upcasting inside the function: the float32 computation is the
+        same, and casting its loss (or the cotangent of the upcast, the gradient) back is the
+        same round-to-nearest-even; tests/test_impl_torch_jax.py compares them bit for bit."""
+        if not self.compute_in_float32 or problem.dtype.itemsize != 2:
+            return problem
+        import dataclasses
+
+        f32 = np.float32
+        return dataclasses.replace(
+            problem,
+            logits=problem.logits.astype(f32),
+            weight=None if problem.weight is None else problem.weight.astype(f32),
+            target=problem.target.astype(f32) if problem.probability_target else problem.target,
+        )
 
     def loss(self, problem: Problem) -> np.ndarray:
         return self._value_and_grad(problem)[0]
