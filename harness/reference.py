@@ -752,10 +752,14 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     started threads can deadlock; then the workers come from a clean forkserver instead."""
     import multiprocessing as mp
     import sys
+    import threading
 
     # numba's fast pass starts OpenMP/TBB worker threads too: a forked child then dies
     # (BrokenProcessPool), so it counts like the others.
+    # So does a pool started from a thread while other threads run (the sweeps drive the
+    # reference from a thread while the main one calls the implementations).
     threaded = any(m in sys.modules for m in ("jax", "torch", "cupy", "harness.fastpath"))
+    threaded = threaded or threading.active_count() > 1
     method = "forkserver" if threaded or sys.platform != "linux" else "fork"
     return ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
 

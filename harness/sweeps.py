@@ -86,20 +86,36 @@ def run(plan: Plan, results: Results, *, log: Callable[[str], None] = print, pro
 
 
 def _run_small(plan, results, todo_pairs, wanted, log, bar):
+    """Reference and implementations at the same time, then the verdicts. The reference runs in
+    worker processes (driven from a thread) while this process calls the implementations: they
+    are independent, and on 2 cores this hides most of the reference behind jax's compilations
+    (a cold default run: ~20 s less)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     problems = {(s.name, d): s.problem(d) for s, d in todo_pairs}
     keys = list(problems)
     t0 = time.monotonic()
-    exacts = dict(zip(keys, plan.cache.get_many([problems[k] for k in keys], workers=plan.workers, log=log)))
-    log(f"reference: {len(keys)} problems ready in {time.monotonic() - t0:.1f} s")
+    pool = ThreadPoolExecutor(1, thread_name_prefix="reference")
+    try:
+        future = pool.submit(plan.cache.get_many, [problems[k] for k in keys], workers=plan.workers, log=log)
+        computed = {}
+        for entry in plan.entries:
+            runner = Runner(entry, isolate=_isolate(plan, entry), timeout=plan.timeout)
+            try:
+                for s, d in todo_pairs:
+                    computed[entry.name, s.name, d] = _compute(results, runner, entry, s, d, problems[s.name, d], wanted)
+            finally:
+                runner.close()
+        exacts = dict(zip(keys, future.result()))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    log(f"reference: {len(keys)} problems ready in {time.monotonic() - t0:.1f} s (with the implementations' calls)")
     for entry in plan.entries:
-        runner = Runner(entry, isolate=_isolate(plan, entry), timeout=plan.timeout)
-        try:
-            for s, d in todo_pairs:
-                _one(plan, results, runner, entry, s, d, problems[(s.name, d)], exacts[(s.name, d)], wanted)
-                if bar:
-                    bar.update(1)
-        finally:
-            runner.close()
+        for s, d in todo_pairs:
+            _record(plan, results, entry, s, d, problems[s.name, d], exacts[s.name, d],
+                    computed[entry.name, s.name, d])
+            if bar:
+                bar.update(1)
 
 
 def _isolate(plan, entry) -> bool:
@@ -127,19 +143,30 @@ def _call(runner, impl, problem, need) -> tuple[dict, dict, dict]:
     return outputs, errors, timings
 
 
-def _one(plan, results, runner, entry, s, d, problem, exact, wanted):
+def _compute(results, runner, entry, s, d, problem, wanted):
+    """The implementation's side of the cells of one problem still to do: (need, unsupported
+    reason, outputs, errors, timings), or None when every cell is done."""
+    need = [k for k in wanted if not results.has((k, entry.name, d, s.name))]
+    if not need:
+        return None
+    reason = entry.impl.supports(problem)
+    if reason:
+        return need, reason, {}, {}, {}
+    return (need, None, *_call(runner, entry.impl, problem, need))
+
+
+def _record(plan, results, entry, s, d, problem, exact, computed):
+    """Judge what :func:`_compute` got against the reference and add the cells."""
+    if computed is None:
+        return
+    need, reason, outputs, errors, timings = computed
     impl = entry.impl
     name = entry.name
-    need = [k for k in wanted if not results.has((k, name, d, s.name))]
-    if not need:
-        return
-    reason = impl.supports(problem)
     if reason:
         for k in need:
             if k != "special" or _has_special(exact):
                 results.add_cell(_cell(k, name, d, s.name, "unsupported", reason))
         return
-    outputs, errors, timings = _call(runner, impl, problem, need)
     for k in need:
         op = "loss" if k == "accuracy" else "grad"
         if k == "gradient" and not impl.has_grad:
