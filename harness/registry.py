@@ -99,6 +99,17 @@ class Implementation:
         """d loss / d logits (for 'none': of the sum of the per-sample losses), logits' shape."""
         raise NotImplementedError(f"{self.name} provides no gradient")
 
+    def loss_and_grad(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and gradient in one call (what a training step computes). The default is
+        :meth:`loss` then :meth:`grad`; an implementation with a fused pass overrides it, and
+        the sweeps then make one call per problem instead of two (:attr:`fused`)."""
+        return self.loss(problem), self.grad(problem)
+
+    @property
+    def fused(self) -> bool:
+        """True when :meth:`loss_and_grad` is the implementation's own (one pass)."""
+        return type(self).loss_and_grad is not Implementation.loss_and_grad and self.has_grad
+
     def prepare(self, problem: Problem, *, backward: bool = False) -> Callable[[], object]:
         """Move inputs to the device once and return a zero-argument callable that runs forward
         (or forward+backward) and synchronizes the device before returning.
@@ -154,12 +165,14 @@ def no_gpu_reason() -> str | None:
 class FunctionImplementation(Implementation):
     """Adapts a plugin written against plain NumPy arrays: an object with
     ``loss(logits, target, *, weight, ignore_index, reduction, label_smoothing)`` and optionally
-    ``grad(...)`` with the same arguments, or a bare loss function."""
+    ``grad(...)`` and ``loss_and_grad(...)`` (returning the pair) with the same arguments, or a
+    bare loss function."""
 
     def __init__(self, obj, name: str, origin: str):
         self._obj = obj
         self._loss = obj if (callable(obj) and not hasattr(obj, "loss")) else obj.loss
         self._grad = getattr(obj, "grad", None)
+        self._fused = None if self._loss is obj else getattr(obj, "loss_and_grad", None)
         self.name = str(getattr(obj, "name", name))
         self.origin = origin
         self.description = (inspect.getdoc(obj) or "").split("\n")[0]
@@ -184,6 +197,18 @@ class FunctionImplementation(Implementation):
         if self._grad is None:
             raise NotImplementedError(f"{self.name} provides no gradient")
         return self._call(self._grad, problem)
+
+    @property
+    def fused(self) -> bool:
+        return self._fused is not None and self.has_grad
+
+    def loss_and_grad(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        if self._fused is None:
+            return super().loss_and_grad(problem)
+        pair = self._fused(problem.logits, problem.target, **problem.kwargs())
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"{self.name}.loss_and_grad must return a (loss, grad) pair, got {type(pair).__name__}")
+        return np.asarray(pair[0]), np.asarray(pair[1])
 
 
 #: Built-in implementations: registry name -> "module:attr" (imported only when needed).

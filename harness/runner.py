@@ -47,6 +47,14 @@ def _load(how: tuple[str, str]) -> registry.Implementation:
     raise registry.ImplementationError(f"cannot load {value!r} in the child process")
 
 
+def _invoke(impl: registry.Implementation, op: str, problem: Problem):
+    """One call: 'loss' or 'grad' give an array, 'loss_and_grad' a pair of arrays."""
+    if op == "loss_and_grad":
+        loss, grad = impl.loss_and_grad(problem)
+        return np.asarray(loss), np.asarray(grad)
+    return np.asarray(impl.loss(problem) if op == "loss" else impl.grad(problem))
+
+
 def _child(conn, how):
     try:
         impl = _load(how)
@@ -60,14 +68,13 @@ def _child(conn, how):
         except EOFError:
             return
         try:
-            out = impl.loss(problem) if op == "loss" else impl.grad(problem)
-            conn.send(("ok", np.asarray(out)))
+            conn.send(("ok", _invoke(impl, op, problem)))
         except Exception as exc:
             conn.send(("err", _one_line(exc)))
 
 
 class Runner:
-    """Runs ``loss``/``grad`` of one implementation."""
+    """Runs ``loss``/``grad``/``loss_and_grad`` of one implementation."""
 
     def __init__(self, entry: registry.Entry, *, isolate: bool = False, timeout: float = 60.0):
         self.entry = entry
@@ -77,10 +84,10 @@ class Runner:
         self._proc = None
         self._conn = None
 
-    def call(self, op: str, problem: Problem) -> np.ndarray:
+    def call(self, op: str, problem: Problem):
         if not self.isolate:
             try:
-                return np.asarray(self.impl.loss(problem) if op == "loss" else self.impl.grad(problem))
+                return _invoke(self.impl, op, problem)
             except Exception as exc:
                 raise CallFailed(_one_line(exc)) from exc
         return self._call_isolated(op, problem)

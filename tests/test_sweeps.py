@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness import results
@@ -241,3 +242,47 @@ def test_results_close_writes_annotations_made_after_the_sweep(tmp_path):
     res.close()
     cell = json.loads((tmp_path / results.RESULTS).read_text())["cells"][0]
     assert cell["known"] == "a reason" and cell["metrics"]["hist"]["edges"][-1] == "inf"
+
+
+def test_a_fused_implementation_gets_one_call_per_problem(tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("XENT_TEST_CALLS", str(calls))
+    out = tmp_path / "run"
+    rc = main(["check", "--impl", f"{FAULTY}:CountsCalls", "--scenario", "scale-1", "--scenario", "weight-random-mean",
+               "--dtype", "float32", "--dtype", "float64", "--out", str(out)])
+    assert rc == 0
+    made = calls.read_text().split()
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    problems = {(c["scenario"], c["dtype"]) for c in cells}
+    assert set(made) == {"loss_and_grad"} and len(made) == len(problems) == 4, made
+    assert {c["kind"] for c in cells} >= {"accuracy", "gradient"} and all(c["status"] == "pass" for c in cells)
+
+
+def test_a_fused_call_that_returns_no_pair_is_an_error_cell(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["check", "--impl", f"{FAULTY}:FusedNotAPair", "--scenario", "scale-1", "--dtype", "float32",
+               "--out", str(out)])
+    assert rc == 1
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert {c["kind"]: c["status"] for c in cells} == {"accuracy": "error", "gradient": "error"}
+    assert all("(loss, grad) pair" in c["message"] for c in cells)
+
+
+@pytest.mark.parametrize("name", ["numpy", "numpy-naive", "torch", "jax"])
+def test_builtin_fused_calls_give_the_bits_of_separate_calls(name):
+    """loss_and_grad is a shortcut, never a different answer: the same bits as loss() and grad()."""
+    from harness import registry
+    from harness import scenarios as S
+
+    entry = next((e for e in registry.discover() if e.name == name), None)
+    if entry is None or entry.unavailable():
+        pytest.skip(f"{name} unavailable")
+    impl = entry.impl
+    assert impl.fused
+    for scen, dtype in (("scale-1", "float32"), ("weight-random-mean", "bfloat16"), ("combo-kdim-weight-mean", "float64"),
+                        ("smoothing-0.1-mean", "float16")):
+        p = S.get(scen).problem(dtype)
+        loss, grad = impl.loss_and_grad(p)
+        for got, want in ((loss, impl.loss(p)), (grad, impl.grad(p))):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert got.tobytes() == np.asarray(want).tobytes(), (name, scen, dtype)

@@ -190,20 +190,12 @@ class _Jax(Implementation):
         w = None if problem.weight is None else jax.device_put(problem.weight, dev)
         return x, t, w, problem.ignore_index, problem.label_smoothing
 
-    # The accuracy sweeps ask for the loss, then the gradient, of the same problem. Both come from
-    # one jitted jax.value_and_grad call (what a training step runs), computed once and kept for
-    # the next call, so each problem costs one compilation instead of two. The forward-only
-    # executable is what prepare() times.
-    _last: tuple | None = None
-
-    def _value_and_grad(self, problem: Problem):
-        if self._last is None or self._last[0] != problem.digest:
-            _, forward_and_grad = self._functions(problem)
-            args = self._args(self._as_float32(problem))
-            loss, grad = forward_and_grad(*args)
-            dt = problem.dtype
-            self._last = (problem.digest, np.asarray(loss).astype(dt), np.asarray(grad).astype(dt))
-        return self._last[1], self._last[2]
+    # The sweeps call loss_and_grad: one jitted jax.value_and_grad (what a training step runs),
+    # so each problem costs one compilation. loss() alone uses the forward-only executable.
+    def loss_and_grad(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        _, forward_and_grad = self._functions(problem)
+        loss, grad = forward_and_grad(*self._args(self._as_float32(problem)))
+        return np.asarray(loss).astype(problem.dtype), np.asarray(grad).astype(problem.dtype)
 
     def _as_float32(self, problem: Problem) -> Problem:
         """float16/bfloat16 problems upcast to float32 before the jitted call (exact), so one
@@ -224,10 +216,11 @@ class _Jax(Implementation):
         )
 
     def loss(self, problem: Problem) -> np.ndarray:
-        return self._value_and_grad(problem)[0]
+        forward, _ = self._functions(problem)
+        return np.asarray(forward(*self._args(self._as_float32(problem)))).astype(problem.dtype)
 
     def grad(self, problem: Problem) -> np.ndarray:
-        return self._value_and_grad(problem)[1]
+        return self.loss_and_grad(problem)[1]
 
     def prepare(self, problem: Problem, *, backward: bool = False) -> Callable[[], object]:
         jax, _, _ = _jax()

@@ -130,6 +130,10 @@ class _Torch(Implementation):
     def grad(self, problem: Problem) -> np.ndarray:
         return to_numpy(self._runner(problem, backward=True)()[1])
 
+    def loss_and_grad(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        loss, grad = self._runner(problem, backward=True)()
+        return to_numpy(loss), to_numpy(grad)
+
     def prepare(self, problem: Problem, *, backward: bool = False) -> Callable[[], object]:
         run = self._runner(problem, backward)
         threads = self.threads

@@ -122,3 +122,31 @@ def bare_loss(logits, target, *, weight=None, ignore_index=-100, reduction="mean
     """A plain function: the loss only (no gradient)."""
     return Correct().loss(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
                           label_smoothing=label_smoothing)
+
+
+class CountsCalls(Correct):
+    """Correct, with a fused loss_and_grad; appends the name of every call to $XENT_TEST_CALLS
+    (the sweeps should make one fused call per problem, never loss or grad)."""
+
+    def _log(self, what):
+        with open(os.environ["XENT_TEST_CALLS"], "a") as fh:
+            fh.write(what + "\n")
+
+    def loss(self, *a, **kw):
+        self._log("loss")
+        return super().loss(*a, **kw)
+
+    def grad(self, *a, **kw):
+        self._log("grad")
+        return super().grad(*a, **kw)
+
+    def loss_and_grad(self, *a, **kw):
+        self._log("loss_and_grad")
+        return Correct.loss(self, *a, **kw), Correct.grad(self, *a, **kw)
+
+
+class FusedNotAPair(Correct):
+    """loss_and_grad returns the loss alone."""
+
+    def loss_and_grad(self, *a, **kw):
+        return self.loss(*a, **kw)
