@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all]'
+	@# compile the reference's numba kernels now (~25 s, cached), not in the first run
+	$(BIN)/python -c "from harness import fastpath; fastpath.warm()"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -831,3 +831,19 @@ def stable_rows(hi, lo, bound, e1, flag, f1, tcol, *, lo_lim: float, hi_lim: flo
     else:
         out[:] = True
     return out
+
+
+def warm() -> None:
+    """Compile the kernels with the signatures the reference uses (numba's cache then keeps the
+    machine code): ``python -c "from harness import fastpath; fastpath.warm()"``, which the
+    Makefile's install step runs, so the first ``make run`` does not spend ~15-25 s compiling.
+    (Not ``python -m``: numba's cache is keyed by the module, and that one would be ``__main__``.)"""
+    from harness import reference
+    from harness.problem import Problem
+
+    x = np.array([[0.0, -1.0, -800.0, -np.inf], [3.0, 2.0, 1.0, 0.0]])
+    for dtype in (np.float64, np.float32):
+        p = Problem(x.astype(dtype), np.array([0, 1]), reduction="sum")
+        reference.evaluate(p, workers=1)
+        for _ in reference.blocks(p, workers=1, reuse=True):
+            pass

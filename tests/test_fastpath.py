@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import subprocess
 import sys
 
@@ -408,3 +410,28 @@ def test_stable_rows_agrees_with_the_numpy_specification():
                          good_bits=106)
     assert 0.05 < spec.mean() < 0.95  # the data crowd the boundaries: both outcomes occur
     np.testing.assert_array_equal(got, spec)
+
+
+@pytest.mark.slow
+def test_warm_compiles_what_the_reference_runs(tmp_path):
+    """fastpath.warm() (the install step) leaves numba's cache holding every kernel signature a
+    run uses: a later process evaluating ordinary problems compiles nothing (no cache miss)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", "from harness import fastpath; fastpath.warm()"], env=env, check=True,
+                   timeout=600)
+    code = """
+import json, numba
+from harness import fastpath as F, reference as R, scenarios as S
+for name, dtype in (("scale-1", "float32"), ("scale-1", "bfloat16"), ("weight-random-mean", "float64")):
+    p = S.get(name).problem(dtype)
+    R.evaluate(p, workers=1)
+    for _ in R.blocks(p, workers=1, reuse=True):
+        pass
+k = [F._exp_rows_kernel, F._scale_rows_kernel, F._stable_rows_kernel]
+print(json.dumps({"hits": sum(sum(d.stats.cache_hits.values()) for d in k),
+                  "misses": sum(sum(d.stats.cache_misses.values()) for d in k)}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stats = json.loads(r.stdout.strip().splitlines()[-1])
+    assert stats["hits"] >= 3 and stats["misses"] == 0, stats
