@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -42,7 +41,7 @@ def cmd_list(args) -> int:
             print(json.dumps(rows, indent=1))
             return EXIT_OK
         for r in rows:
-            dtypes = ",".join(d.replace("float", "f").replace("bf16", "bf16") for d in r["dtypes"])
+            dtypes = ",".join(d.replace("float", "f") for d in r["dtypes"])
             print(f"{r['name']:32s} {r['family']:13s} {dtypes:16s} {r['why']}")
         print(f"{len(rows)} scenarios")
         return EXIT_OK
@@ -189,7 +188,7 @@ def _execute(args, kinds: tuple[str, ...], *, timing: bool, gate: bool) -> int:
                 "finished": None, "complete": False, "kinds": list(kinds), "quick": args.quick,
                 "dtypes": dtypes, "scenario_patterns": args.scenario}
     res = results.Results.open(out, run_meta, resume=args.resume)
-    res.data["provenance"] = results.provenance(gpu=_gpu_info(chosen), threads=throughput.threads())
+    res.data["provenance"] = results.provenance(gpu=_gpu_info(chosen), threads=registry.default_threads())
     res.data["budgets"], res.data["budgets_source"] = budget_table, budget_source
     res.data["scenarios"] = [scenarios.describe(s) for s in picked]
     progress = _progress_factory(args)
@@ -259,15 +258,6 @@ def _write_report(data: dict, out, log) -> None:
         return
     (out / "summary.md").write_text(md)
     report.append_github_summary(md)
-
-
-def _fmt(v, spec=".3g") -> str:
-    from harness.results import number
-
-    v = number(v)
-    if v is None:
-        return "-"
-    return format(v, spec) if isinstance(v, float) else str(v)
 
 
 def _print_tables(data: dict, *, gate: bool) -> None:
@@ -391,13 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=cmd_references)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    _add_sweep_commands(sub)
     return parser
-
-
-#: Functions that add further subcommands (the sweeps register theirs here).
-_EXTRA_COMMANDS: list[Callable] = [_add_sweep_commands]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -764,7 +764,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
 
 
-def _chunks(M: int, C: int, workers: int) -> list[slice]:
+def _chunks(M: int, workers: int) -> list[slice]:
     per = max(1, -(-M // (workers * 4)))
     return [slice(i, min(M, i + per)) for i in range(0, M, per)]
 
@@ -1032,7 +1032,7 @@ class Blocks:
     def _mpfr(self, xb: np.ndarray, tb, su: _Setup, prec: int) -> _Block:
         M, C = xb.shape
         if self.workers > 1 and M > 1 and M * C >= _PARALLEL_MIN:
-            parts = _chunks(M, C, self.workers)
+            parts = _chunks(M, self.workers)
             with _pool(self.workers) as pool:
                 blocks = list(pool.map(partial(_rows, su=su, start_prec=prec),
                                        [xb[p] for p in parts], [tb[p] for p in parts]))
@@ -1303,30 +1303,3 @@ def rounded(values: np.ndarray, dtype) -> np.ndarray:
             out.append(float(gmpy2.mpfr(exact) * 1))  # "* 1" keeps -0 (x + 0 would not)
     # Every value is now exactly representable in fmt, so this cast rounds nothing.
     return np.array(out, dtype=np.float64).astype(fmt.dtype).reshape(np.shape(values))
-
-
-def softmax(logits) -> np.ndarray:
-    """Exact softmax along the last axis, object array of mpmath.mpf (mpmath at 160 bits)."""
-    x = np.asarray(logits, dtype=np.float64)
-    out = np.empty(x.shape, dtype=object)
-    with mpmath.workprec(160):
-        for idx in np.ndindex(x.shape[:-1]):
-            row = [mpmath.mpf(v) for v in x[idx].tolist()]
-            m = max(row)
-            e = [mpmath.exp(v - m) for v in row]
-            s = mpmath.fsum(e)
-            out[idx] = [v / s for v in e]
-    return out
-
-
-def log_softmax(logits) -> np.ndarray:
-    """Exact log_softmax along the last axis: (x_j - m) - log1p(sum_{i != k} e^{x_i - m})."""
-    x = np.asarray(logits, dtype=np.float64)
-    out = np.empty(x.shape, dtype=object)
-    with mpmath.workprec(160):
-        for idx in np.ndindex(x.shape[:-1]):
-            row = [mpmath.mpf(v) for v in x[idx].tolist()]
-            k = int(np.argmax(x[idx]))
-            s = mpmath.fsum(mpmath.exp(v - row[k]) for i, v in enumerate(row) if i != k)
-            out[idx] = [(v - row[k]) - mpmath.log1p(s) for v in row]
-    return out

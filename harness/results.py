@@ -170,9 +170,6 @@ class Results:
     def has(self, key: tuple) -> bool:
         return key in self._cells
 
-    def cell(self, key: tuple) -> dict | None:
-        return self._cells.get(key)
-
     def has_row(self, key: tuple) -> bool:
         return key in self._rows
 

@@ -99,15 +99,11 @@ def problem_for(N: int, C: int, dtype: str, seed: int = 0) -> Problem:
     return Problem(x.astype(FORMATS[dtype].dtype), rng.integers(0, C, N))
 
 
-def threads() -> int:
-    return registry.default_threads()
-
-
 def run(entries: list[registry.Entry], dtypes: list[str], results: Results, *, quick: bool = False,
         grid=None, repeats: int = 7, log: Callable[[str], None] = print, progress=None) -> None:
     grid = grid or (QUICK_GRID if quick else GRID)
     copies = {(c["dtype"], c["N"], c["C"]): c for c in results.data.get("copy", [])}
-    nthreads = threads()
+    nthreads = registry.default_threads()
     total = len(grid) * len(dtypes) * len(entries) * len(PASSES)
     bar = progress(total) if progress else None
     for N, C in grid:
