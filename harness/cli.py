@@ -118,26 +118,6 @@ def _sweep_args(p: argparse.ArgumentParser, *, timing: bool = True) -> None:
     p.add_argument("--include-large", action="store_true", help="also the 'large' scenarios (C up to 262,144) in accuracy sweeps")
 
 
-def _timestamp() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _out_dir(args):
-    from pathlib import Path
-
-    if args.out:
-        return Path(args.out)
-    base = Path("reports")
-    if args.resume:
-        runs = sorted(d for d in base.glob("2*") if d.is_dir()) if base.is_dir() else []
-        if not runs:
-            raise UsageError("--resume: no earlier run under reports/; pass --out DIR")
-        return runs[-1]
-    return base / _timestamp()
-
-
 def _progress_factory(args):
     if args.json or not sys.stdout.isatty():
         return None
@@ -148,116 +128,28 @@ def _progress_factory(args):
     return lambda total: tqdm(total=total, unit="cell", leave=False, dynamic_ncols=True)
 
 
-def _execute(args, kinds: tuple[str, ...], *, timing: bool, gate: bool) -> int:
-    """Shared body of run/accuracy/gradient/throughput/check."""
-    import shutil
-    import time
-
-    from harness import budgets as budgets_mod
-    from harness import registry, results, scenarios, sweeps, throughput
-    from harness.formats import DTYPE_NAMES
+def _execute(args, kinds: tuple[str, ...], *, gate: bool) -> int:
+    """Shared body of run/accuracy/gradient/throughput/check: the campaign, then its tables."""
+    from harness import campaign, results
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    dtypes = args.dtype or list(DTYPE_NAMES)
-    for d in dtypes:
-        if d not in DTYPE_NAMES:
-            raise UsageError(f"--dtype: unknown dtype {d!r}; use {', '.join(DTYPE_NAMES)}")
+    req = campaign.Request(kinds=kinds, impls=args.impl, dtypes=args.dtype, scenarios=args.scenario,
+                           quick=args.quick, include_large=args.include_large, out=args.out, resume=args.resume,
+                           workers=args.workers, budgets=args.budgets, known=args.known, isolate=args.isolate,
+                           timeout=args.timeout, gate=gate, argv=args.argv)
     try:
-        chosen, skipped = registry.select(args.impl, include_canaries=not (gate and not args.impl))
-    except registry.ImplementationError as exc:
+        done = campaign.run(req, log=log, progress=_progress_factory(args))
+    except campaign.CampaignError as exc:
         raise UsageError(str(exc)) from None
-    for e in skipped:
-        why = e.unavailable() or "canary, left out of the gate (name it with --impl to check it)"
-        log(f"skip {e.name}: {why}")
-    if not chosen:
-        raise UsageError("no implementation available; see `xent-harness list`")
-    try:
-        budget_table, budget_source = budgets_mod.load(args.budgets)
-        known = budgets_mod.load_known(args.known)
-        picked = []
-        if any(k in kinds for k in sweeps.KINDS):
-            picked = scenarios.select(args.scenario or None, quick=args.quick, dtypes=dtypes)
-            if not (args.include_large or args.scenario):
-                picked = [s for s in picked if "large" not in s.tags]
-    except (ValueError, budgets_mod.BudgetError) as exc:
-        raise UsageError(str(exc)) from None
-
-    out = _out_dir(args)
-    argv = list(sys.argv[1:]) if args.argv is None else args.argv
-    run_meta = {"id": out.name, "command": results.argv_command(argv), "argv": argv, "started": results.now(),
-                "finished": None, "complete": False, "kinds": list(kinds), "quick": args.quick,
-                "dtypes": dtypes, "scenario_patterns": args.scenario}
-    res = results.Results.open(out, run_meta, resume=args.resume)
-    res.data["provenance"] = results.provenance(gpu=_gpu_info(chosen), threads=registry.default_threads())
-    res.data["budgets"], res.data["budgets_source"] = budget_table, budget_source
-    res.data["scenarios"] = [scenarios.describe(s) for s in picked]
-    progress = _progress_factory(args)
-    t0 = time.monotonic()
-    try:
-        sweep_kinds = tuple(k for k in kinds if k in sweeps.KINDS)
-        if sweep_kinds and picked:
-            plan = sweeps.Plan(chosen, picked, dtypes, budget_table, kinds=sweep_kinds, workers=args.workers,
-                               isolate=args.isolate, timeout=args.timeout)
-            log(f"{'/'.join(sweep_kinds)}: {len(chosen)} implementations x {len(picked)} scenarios x {len(dtypes)} dtypes")
-            sweeps.run(plan, res, log=log, progress=progress)
-        t_acc = time.monotonic() - t0
-        if timing:
-            timed = dtypes if args.dtype else list(throughput.DEFAULT_DTYPES)
-            log(f"throughput: {len(chosen)} implementations x {', '.join(timed)}, {'quick' if args.quick else 'full'} grid")
-            throughput.run(chosen, timed, res, quick=args.quick, log=log, progress=progress)
-    except KeyboardInterrupt:
-        res.close()
-        log(f"interrupted: finished cells are saved; continue with --resume --out {out}")
+    if done.interrupted:
         return 130
-    sweeps.mark_known(res.cells, known)
-    res.data["known_failures"] = known
-    impl_rows = sweeps.implementation_rows(chosen, skipped, res.cells)
-    res.data["implementations"] = impl_rows
-    res.data["summary"] = sweeps.summary(impl_rows, res.cells, res.rows, canaries_expected=not args.impl)
-    res.data["run"]["finished"] = results.now()
-    res.data["run"]["complete"] = True
-    res.data["run"]["seconds"] = {"sweeps": round(t_acc, 2), "total": round(time.monotonic() - t0, 2)}
-    res.close()
-    _write_report(res.data, out, log)
-    if not args.out:
-        latest = out.parent / "latest"
-        if latest.resolve() != out.resolve():
-            shutil.rmtree(latest, ignore_errors=True)
-            shutil.copytree(out, latest)
     if args.json:
-        print(results.dumps(res.data))
+        print(results.dumps(done.data))
     else:
-        _print_tables(res.data, gate=gate)
-        log(f"results: {res.path}" + (f"  report: {out / 'report.html'}" if (out / 'report.html').exists() else ""))
-    return EXIT_FAIL if res.data["summary"]["verdict"] == "fail" else EXIT_OK
-
-
-def _gpu_info(entries) -> dict | None:
-    for e in entries:
-        fn = getattr(e.impl, "device_info", None)
-        if e.impl is not None and e.impl.device != "cpu" and fn is not None:
-            try:
-                return fn()
-            except Exception:
-                return None
-    return None
-
-
-def _write_report(data: dict, out, log) -> None:
-    try:
-        from harness import report
-    except ImportError as exc:
-        log(f"report: skipped ({exc}); install the 'report' extra")
-        return
-    try:
-        report.write_html(data, out / "report.html")
-        md = report.render_markdown(data)
-    except Exception as exc:  # the results are saved; say so and keep the run's verdict
-        log(f"report: failed ({type(exc).__name__}: {exc}); results are intact, retry with "
-            f"`xent-harness report {out / 'results.json'}`")
-        return
-    (out / "summary.md").write_text(md)
-    report.append_github_summary(md)
+        _print_tables(done.data, gate=gate)
+        report = done.out / "report.html"
+        log(f"results: {done.results.path}" + (f"  report: {report}" if report.exists() else ""))
+    return EXIT_FAIL if done.verdict == "fail" else EXIT_OK
 
 
 def _print_tables(data: dict, *, gate: bool) -> None:
@@ -291,23 +183,23 @@ def _print_tables(data: dict, *, gate: bool) -> None:
 
 
 def cmd_run(args) -> int:
-    return _execute(args, ("accuracy", "gradient", "special", "throughput"), timing=True, gate=False)
+    return _execute(args, ("accuracy", "gradient", "special", "throughput"), gate=False)
 
 
 def cmd_accuracy(args) -> int:
-    return _execute(args, ("accuracy", "special"), timing=False, gate=False)
+    return _execute(args, ("accuracy", "special"), gate=False)
 
 
 def cmd_gradient(args) -> int:
-    return _execute(args, ("gradient", "special"), timing=False, gate=False)
+    return _execute(args, ("gradient", "special"), gate=False)
 
 
 def cmd_throughput(args) -> int:
-    return _execute(args, ("throughput",), timing=True, gate=False)
+    return _execute(args, ("throughput",), gate=False)
 
 
 def cmd_check(args) -> int:
-    return _execute(args, ("accuracy", "gradient", "special"), timing=False, gate=True)
+    return _execute(args, ("accuracy", "gradient", "special"), gate=True)
 
 
 def cmd_report(args) -> int:

@@ -4,8 +4,9 @@ Writes are crash-safe: every finished cell is appended at once to ``cells.jsonl`
 either complete or ignored on reading), and ``results.json`` is rewritten atomically (temporary
 file + rename) now and then and at the end. The journal is the record while a run is under way,
 so the rewrites are spaced to cost at most ~5 % of the run: at least ``flush_seconds`` apart and
-at least 20 times as long apart as the last rewrite took (a full sweep's file is ~5 MB; rewriting
-it every 2 s had made the rewrites a quarter of the run's time). ``Results.open(..., resume=True)``
+at least 20 times as long apart as this rewrite will take (the last one's time, scaled by how
+many more cells there are now). A full sweep's file is ~5 MB; rewriting it every 2 s had made
+the rewrites a quarter of the run's time. ``Results.open(..., resume=True)``
 merges both, so a run killed at any point is continued without recomputing finished cells.
 """
 
@@ -126,6 +127,7 @@ class Results:
         self.flush_seconds = flush_seconds
         self._last_flush = 0.0
         self._flush_cost = 0.0
+        self._flush_size = 1
         self._cells = {cell_key(c): c for c in data.get("cells", [])}
         self._rows = {throughput_key(r): r for r in data.get("throughput", [])}
         # JSON-safe copies of cells and rows, made once when they are added (not at every rewrite)
@@ -198,7 +200,10 @@ class Results:
             self._journal = open(self.directory / JOURNAL, "a", encoding="utf-8")
         self._journal.write(json.dumps(entry, allow_nan=False) + "\n")
         self._journal.flush()
-        if time.monotonic() - self._last_flush >= max(self.flush_seconds, 20 * self._flush_cost):
+        size = len(self._cells) + len(self._rows)
+        # a rewrite's cost grows with the file (below ~256 cells it is mostly the fixed cost)
+        expected = self._flush_cost * max(1.0, size / max(self._flush_size, 256))
+        if time.monotonic() - self._last_flush >= max(self.flush_seconds, 20 * expected):
             self.flush()
 
     # persistence -------------------------------------------------------------------------------
@@ -223,6 +228,7 @@ class Results:
         os.replace(tmp, self.path)
         self._last_flush = time.monotonic()
         self._flush_cost = self._last_flush - t0
+        self._flush_size = max(1, len(self._cells) + len(self._rows))
 
     def close(self) -> None:
         self.flush(reclean=True)

@@ -1,4 +1,5 @@
-"""The accuracy, gradient and special-value sweeps, and the verdicts they add up to.
+"""The accuracy, gradient and special-value sweeps: the cells of a campaign (its verdict is
+:mod:`harness.campaign`'s).
 
 For every implementation × dtype × scenario: build the problem, take its reference from the
 cache (computed once, in parallel processes), call the implementation (fault-isolated, see
@@ -19,7 +20,6 @@ implementations and an 8192 x 128256 one holds a single 4.2 GB gradient at a tim
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -397,62 +397,8 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
         results.add_cell(_cell(k, name, d, s.name, status, message, metrics, budget, it.timings.get(op)))
 
 
-def mark_known(cells: list[dict], known: list[dict]) -> int:
-    """Annotate failing cells that match a known failure; returns how many."""
-    from harness.budgets import known_reason
-
-    n = 0
-    for c in cells:
-        c.pop("known", None)
-        if c["status"] in ("fail", "error"):
-            reason = known_reason(c, known)
-            if reason:
-                c["known"] = reason
-                n += 1
-    return n
-
-
 def _has_special(exact) -> bool:
     import numpy as np
 
     arrays = [exact.loss_hi] + ([exact.grad_hi] if exact.grad_hi is not None else [])
     return any(not np.isfinite(a).all() for a in arrays)
-
-
-# -- verdicts --------------------------------------------------------------------------------------
-
-
-def implementation_rows(entries: list[registry.Entry], skipped: list[registry.Entry], cells: list[dict]) -> list[dict]:
-    """One row per implementation with its overall verdict: fail > error > pass."""
-    rows = []
-    for e in entries + skipped:
-        reason = e.unavailable()
-        row = {"name": e.name, "origin": e.origin, "available": reason is None, "reason": reason}
-        if e.impl is not None:
-            row |= {k: v for k, v in e.impl.describe().items() if k not in ("name", "origin")}
-        counts = Counter("known" if c.get("known") else c["status"] for c in cells if c["impl"] == e.name)
-        row["counts"] = {k: counts.get(k, 0) for k in ("pass", "fail", "error", "unsupported", "known")}
-        if reason is not None or e not in entries:
-            row["verdict"] = "unavailable" if reason is not None else "skipped"
-        elif counts.get("fail"):
-            row["verdict"] = "fail"
-        elif counts.get("error"):
-            row["verdict"] = "error"
-        else:
-            row["verdict"] = "pass"
-        rows.append(row)
-    return rows
-
-
-def summary(impl_rows: list[dict], cells: list[dict], throughput: list[dict], *,
-            canaries_expected: bool = True) -> dict:
-    """The run's verdict. Canaries are expected to fail when the run includes them by default
-    (``run``); one named explicitly (``check --impl numpy-naive``) is judged like any other."""
-    counts = Counter("known" if c.get("known") else c["status"] for c in cells)
-    failing = [r["name"] for r in impl_rows if r["verdict"] in ("fail", "error")]
-    gate = [r["name"] for r in impl_rows if r["verdict"] in ("fail", "error")
-            and not (canaries_expected and r.get("canary"))]
-    errors = sum(1 for r in throughput if r.get("status") == "error")
-    return {"verdict": "fail" if gate else "pass",
-            "counts": {k: counts.get(k, 0) for k in ("pass", "fail", "error", "unsupported", "known")},
-            "failing": failing, "throughput_errors": errors}

@@ -1,0 +1,249 @@
+"""A run and its verdict, as a Python API: what ``xent-harness run/check/accuracy/gradient/
+throughput`` do, without argparse (the CLI parses and prints; tests and scripts call this).
+
+A campaign resolves a :class:`Request` (implementations, dtypes, scenarios, kinds, budgets,
+known failures), owns the run directory (a timestamped one under ``reports/``, or ``out``;
+``resume`` continues the newest), runs the sweeps and the throughput grid into a crash-safe
+:class:`~harness.results.Results`, rolls the cells up into the one verdict (per implementation
+and for the run), writes the report and, for a default directory, copies it to
+``reports/latest/``. Bad input raises :class:`CampaignError` (one line naming the field) before
+anything is computed; an interrupted campaign keeps every finished cell.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import registry, results
+
+#: What each command runs.
+RUN = ("accuracy", "gradient", "special", "throughput")
+CHECK = ("accuracy", "gradient", "special")
+STATUSES = ("pass", "fail", "error", "unsupported", "known")
+
+
+class CampaignError(ValueError):
+    """Bad input (an unknown dtype, implementation, scenario or budget file): one line."""
+
+
+@dataclass
+class Request:
+    """What to run. ``gate`` (``check``) leaves canaries out unless named; ``argv`` is recorded
+    as the run's command."""
+
+    kinds: tuple[str, ...] = RUN
+    impls: list[str] = field(default_factory=list)
+    dtypes: list[str] | None = None
+    scenarios: list[str] | None = None
+    quick: bool = False
+    include_large: bool = False
+    out: Path | str | None = None
+    resume: bool = False
+    workers: int | None = None
+    budgets: str | None = None
+    known: str | None = None
+    isolate: bool | None = None
+    timeout: float = 60.0
+    gate: bool = False
+    argv: list[str] | None = None
+    reports: Path = Path("reports")
+
+
+@dataclass
+class Outcome:
+    """A finished (or interrupted) campaign: its directory, results and verdict."""
+
+    out: Path
+    results: results.Results
+    interrupted: bool = False
+
+    @property
+    def data(self) -> dict:
+        return self.results.data
+
+    @property
+    def verdict(self) -> str:
+        return (self.data.get("summary") or {}).get("verdict", "incomplete")
+
+
+def _timestamp() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def out_dir(req: Request) -> Path:
+    """``out``, else the newest run under ``reports/`` when resuming, else a new timestamped one."""
+    if req.out:
+        return Path(req.out)
+    base = Path(req.reports)
+    if req.resume:
+        runs = sorted(d for d in base.glob("2*") if d.is_dir()) if base.is_dir() else []
+        if not runs:
+            raise CampaignError("--resume: no earlier run under reports/; pass --out DIR")
+        return runs[-1]
+    return base / _timestamp()
+
+
+def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> Outcome:
+    """Run the campaign; see the module docstring."""
+    from harness import budgets as budgets_mod
+    from harness import scenarios, sweeps, throughput
+    from harness.formats import DTYPE_NAMES
+
+    dtypes = list(req.dtypes or DTYPE_NAMES)
+    for d in dtypes:
+        if d not in DTYPE_NAMES:
+            raise CampaignError(f"--dtype: unknown dtype {d!r}; use {', '.join(DTYPE_NAMES)}")
+    try:
+        chosen, skipped = registry.select(req.impls, include_canaries=not (req.gate and not req.impls))
+    except registry.ImplementationError as exc:
+        raise CampaignError(str(exc)) from None
+    for e in skipped:
+        why = e.unavailable() or "canary, left out of the gate (name it with --impl to check it)"
+        log(f"skip {e.name}: {why}")
+    if not chosen:
+        raise CampaignError("no implementation available; see `xent-harness list`")
+    sweep_kinds = tuple(k for k in req.kinds if k in sweeps.KINDS)
+    try:
+        budget_table, budget_source = budgets_mod.load(req.budgets)
+        known = budgets_mod.load_known(req.known)
+        picked = []
+        if sweep_kinds:
+            picked = scenarios.select(req.scenarios or None, quick=req.quick, dtypes=dtypes)
+            if not (req.include_large or req.scenarios):
+                picked = [s for s in picked if "large" not in s.tags]
+    except (ValueError, budgets_mod.BudgetError) as exc:
+        raise CampaignError(str(exc)) from None
+
+    out = out_dir(req)
+    argv = list(sys.argv[1:]) if req.argv is None else list(req.argv)
+    meta = {"id": out.name, "command": results.argv_command(argv), "argv": argv, "started": results.now(),
+            "finished": None, "complete": False, "kinds": list(req.kinds), "quick": req.quick,
+            "dtypes": dtypes, "scenario_patterns": req.scenarios}
+    res = results.Results.open(out, meta, resume=req.resume)
+    res.data["provenance"] = results.provenance(gpu=_gpu_info(chosen), threads=registry.default_threads())
+    res.data["budgets"], res.data["budgets_source"] = budget_table, budget_source
+    res.data["scenarios"] = [scenarios.describe(s) for s in picked]
+    t0 = time.monotonic()
+    try:
+        if sweep_kinds and picked:
+            plan = sweeps.Plan(chosen, picked, dtypes, budget_table, kinds=sweep_kinds, workers=req.workers,
+                               isolate=req.isolate, timeout=req.timeout)
+            log(f"{'/'.join(sweep_kinds)}: {len(chosen)} implementations x {len(picked)} scenarios x {len(dtypes)} dtypes")
+            sweeps.run(plan, res, log=log, progress=progress)
+        t_sweeps = time.monotonic() - t0
+        if "throughput" in req.kinds:
+            timed = list(req.dtypes) if req.dtypes else list(throughput.DEFAULT_DTYPES)
+            log(f"throughput: {len(chosen)} implementations x {', '.join(timed)}, {'quick' if req.quick else 'full'} grid")
+            throughput.run(chosen, timed, res, quick=req.quick, log=log, progress=progress)
+    except KeyboardInterrupt:
+        res.close()
+        log(f"interrupted: finished cells are saved; continue with --resume --out {out}")
+        return Outcome(out, res, interrupted=True)
+    mark_known(res.cells, known)
+    res.data["known_failures"] = known
+    rows = implementation_rows(chosen, skipped, res.cells)
+    res.data["implementations"] = rows
+    res.data["summary"] = summary(rows, res.cells, res.rows, canaries_expected=not req.impls)
+    res.data["run"] |= {"finished": results.now(), "complete": True,
+                        "seconds": {"sweeps": round(t_sweeps, 2), "total": round(time.monotonic() - t0, 2)}}
+    res.close()
+    write_report(res.data, out, log)
+    if not req.out:
+        latest = out.parent / "latest"
+        if latest.resolve() != out.resolve():
+            shutil.rmtree(latest, ignore_errors=True)
+            shutil.copytree(out, latest)
+    return Outcome(out, res)
+
+
+def _gpu_info(entries) -> dict | None:
+    for e in entries:
+        fn = getattr(e.impl, "device_info", None)
+        if e.impl is not None and e.impl.device != "cpu" and fn is not None:
+            try:
+                return fn()
+            except Exception:
+                return None
+    return None
+
+
+def write_report(data: dict, out: Path, log: Callable[[str], None] = print) -> None:
+    """report.html and summary.md next to the results; a failing report never loses the run."""
+    try:
+        from harness import report
+    except ImportError as exc:
+        log(f"report: skipped ({exc}); install the 'report' extra")
+        return
+    try:
+        report.write_html(data, out / "report.html")
+        md = report.render_markdown(data)
+    except Exception as exc:  # the results are saved; say so and keep the run's verdict
+        log(f"report: failed ({type(exc).__name__}: {exc}); results are intact, retry with "
+            f"`xent-harness report {out / 'results.json'}`")
+        return
+    (out / "summary.md").write_text(md)
+    report.append_github_summary(md)
+
+
+# -- the verdict -----------------------------------------------------------------------------------
+
+
+def mark_known(cells: list[dict], known: list[dict]) -> int:
+    """Annotate failing cells that match a known failure; returns how many."""
+    from harness.budgets import known_reason
+
+    n = 0
+    for c in cells:
+        c.pop("known", None)
+        if c["status"] in ("fail", "error"):
+            reason = known_reason(c, known)
+            if reason:
+                c["known"] = reason
+                n += 1
+    return n
+
+
+def _counts(cells) -> dict:
+    counts = Counter("known" if c.get("known") else c["status"] for c in cells)
+    return {k: counts.get(k, 0) for k in STATUSES}
+
+
+def implementation_rows(entries: list[registry.Entry], skipped: list[registry.Entry], cells: list[dict]) -> list[dict]:
+    """One row per implementation with its overall verdict: fail > error > pass."""
+    rows = []
+    for e in entries + skipped:
+        reason = e.unavailable()
+        row = {"name": e.name, "origin": e.origin, "available": reason is None, "reason": reason}
+        if e.impl is not None:
+            row |= {k: v for k, v in e.impl.describe().items() if k not in ("name", "origin")}
+        row["counts"] = counts = _counts(c for c in cells if c["impl"] == e.name)
+        if reason is not None or e not in entries:
+            row["verdict"] = "unavailable" if reason is not None else "skipped"
+        elif counts["fail"]:
+            row["verdict"] = "fail"
+        elif counts["error"]:
+            row["verdict"] = "error"
+        else:
+            row["verdict"] = "pass"
+        rows.append(row)
+    return rows
+
+
+def summary(impl_rows: list[dict], cells: list[dict], throughput: list[dict], *,
+            canaries_expected: bool = True) -> dict:
+    """The run's verdict. Canaries are expected to fail when the run includes them by default
+    (``run``); one named explicitly (``check --impl numpy-naive``) is judged like any other."""
+    failing = [r["name"] for r in impl_rows if r["verdict"] in ("fail", "error")]
+    gate = [r["name"] for r in impl_rows if r["verdict"] in ("fail", "error")
+            and not (canaries_expected and r.get("canary"))]
+    errors = sum(1 for r in throughput if r.get("status") == "error")
+    return {"verdict": "fail" if gate else "pass", "counts": _counts(cells), "failing": failing,
+            "throughput_errors": errors}

@@ -1,0 +1,74 @@
+"""The campaign API (harness.campaign): a run and its one verdict, without the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import campaign, registry
+
+
+def _req(tmp_path, **kw) -> campaign.Request:
+    base = dict(kinds=campaign.CHECK, impls=["numpy"], scenarios=["scale-1"], dtypes=["float32"],
+                out=tmp_path / "run", argv=["check"])
+    return campaign.Request(**(base | kw))
+
+
+def test_a_campaign_runs_and_owns_its_verdict(tmp_path):
+    done = campaign.run(_req(tmp_path), log=lambda m: None)
+    assert not done.interrupted and done.verdict == "pass"
+    on_disk = json.loads((done.out / "results.json").read_text())
+    assert on_disk["summary"]["verdict"] == "pass" and on_disk["run"]["complete"]
+    assert {c["kind"] for c in on_disk["cells"]} == {"accuracy", "gradient"}
+    assert [r["verdict"] for r in on_disk["implementations"]] == ["pass"]
+    assert (done.out / "report.html").exists() and (done.out / "summary.md").exists()
+
+
+def test_a_default_directory_is_copied_to_latest(tmp_path):
+    done = campaign.run(_req(tmp_path, out=None, reports=tmp_path / "reports"), log=lambda m: None)
+    assert done.out.parent == tmp_path / "reports" and done.out.name.startswith("2")
+    latest = tmp_path / "reports" / "latest" / "results.json"
+    assert json.loads(latest.read_text())["cells"] == json.loads((done.out / "results.json").read_text())["cells"]
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ({"dtypes": ["float8"]}, "--dtype: unknown dtype 'float8'"),
+    ({"scenarios": ["no-such-scenario"]}, "no-such-scenario"),
+    ({"impls": ["no-such-impl"]}, "no-such-impl"),
+    ({"budgets": "/nonexistent/budgets.toml"}, "budgets"),
+    ({"resume": True, "out": None}, "--resume: no earlier run"),
+])
+def test_bad_input_is_one_line_before_anything_is_written(tmp_path, bad, fragment):
+    req = _req(tmp_path, reports=tmp_path / "reports", **bad)
+    with pytest.raises(campaign.CampaignError) as exc:
+        campaign.run(req, log=lambda m: None)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "reports").exists()
+
+
+def _row(name, verdict, canary=False):
+    return {"name": name, "verdict": verdict, "canary": canary}
+
+
+def test_the_roll_up():
+    cells = [{"impl": "a", "status": "pass"}, {"impl": "b", "status": "fail", "known": "why"},
+             {"impl": "c", "status": "error"}]
+    s = campaign.summary([_row("a", "pass"), _row("c", "error")], cells, [{"status": "error"}])
+    assert s["verdict"] == "fail" and s["failing"] == ["c"] and s["throughput_errors"] == 1
+    assert s["counts"] == {"pass": 1, "fail": 0, "error": 1, "unsupported": 0, "known": 1}
+    # a canary that fails is expected in a default run, judged like any other when named
+    rows = [_row("a", "pass"), _row("n", "fail", canary=True)]
+    assert campaign.summary(rows, [], [])["verdict"] == "pass"
+    assert campaign.summary(rows, [], [], canaries_expected=False)["verdict"] == "fail"
+
+
+def test_implementation_rows_order_fail_over_error_over_pass():
+    entries = [e for e in registry.discover() if e.name == "numpy"]
+    cells = [{"impl": "numpy", "status": s} for s in ("pass", "error", "fail")]
+    assert campaign.implementation_rows(entries, [], cells)[0]["verdict"] == "fail"
+    assert campaign.implementation_rows(entries, [], cells[:2])[0]["verdict"] == "error"
+    assert campaign.implementation_rows(entries, [], cells[:1])[0]["verdict"] == "pass"
+    known = [{"impl": "numpy", "status": "fail", "known": "a reason"}]
+    row = campaign.implementation_rows(entries, [], known)[0]
+    assert row["verdict"] == "pass" and row["counts"]["known"] == 1
