@@ -23,12 +23,20 @@ from harness.formats import FORMATS
 from harness.problem import Problem
 from harness.results import Results
 
-#: (N, C): LLM-like vocabularies scaled to a 2-core machine; each is 4-8 M logits.
-GRID = ((4096, 1024), (256, 32768), (32, 262144))
-QUICK_GRID = ((512, 1024), (16, 32768))
+def _table() -> dict:
+    import tomllib
+    from importlib import resources
+
+    text = resources.files("harness").joinpath("scenarios.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)["throughput"]
+
+
+#: (N, C) grids and the dtypes timed when none is named: data, in scenarios.toml's [throughput].
+_GRID = _table()
+GRID = tuple(tuple(shape) for shape in _GRID["grid"])
+QUICK_GRID = tuple(tuple(shape) for shape in _GRID["quick"])
+DEFAULT_DTYPES = tuple(_GRID["dtypes"])
 PASSES = ("forward", "forward+backward")
-#: dtypes timed when none is named: the training formats (float16 and float64 on request).
-DEFAULT_DTYPES = ("float32", "bfloat16")
 NOISY = 0.10
 
 

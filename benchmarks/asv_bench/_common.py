@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import sys
 from pathlib import Path
 
 CPU_IMPLS = ("numpy", "torch", "jax")
@@ -12,11 +10,11 @@ GPU_IMPLS = ("torch-cuda", "jax-gpu", "cupy")
 
 
 def _gpu_visible() -> bool:
-    """False when this machine visibly has no NVIDIA GPU (checked without importing anything,
-    as harness.registry.no_gpu_reason does)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
-        return False
-    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/proc/driver/nvidia") or sys.platform != "linux"
+    """False when this machine visibly has no NVIDIA GPU (harness.registry's check: it imports
+    no GPU library)."""
+    from harness.registry import no_gpu_reason
+
+    return no_gpu_reason() is None
 
 
 #: Implementations benchmarked: the CPU built-ins, plus the GPU ones where an NVIDIA device is
@@ -48,12 +46,7 @@ def implementation(name: str):
 
 
 def random_problem(N: int, C: int, dtype: str, seed: int = 0):
-    """Normal logits of scale 3 in ``dtype`` with random class-index targets, 'mean'."""
-    import numpy as np
+    """The throughput sweep's problem (normal logits of scale 3, random class-index targets)."""
+    from harness.throughput import problem_for
 
-    from harness.formats import FORMATS
-    from harness.problem import Problem
-
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, C), dtype=np.float32) * 3
-    return Problem(x.astype(FORMATS[dtype].dtype), rng.integers(0, C, N))
+    return problem_for(N, C, dtype, seed)
