@@ -23,6 +23,7 @@ from harness.formats import FORMATS
 from harness.problem import Problem
 from harness.results import Results
 
+
 def _table() -> dict:
     import tomllib
     from importlib import resources
