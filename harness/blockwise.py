@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from harness import metrics
+from harness import metrics, vocabulary
 from harness.formats import Format
 from harness.metrics import HIST_EDGES, SEGMENT, SegmentSums, segments
 from harness.problem import Problem
@@ -164,9 +164,9 @@ class Judge:
                  exact_quantiles: int = EXACT_QUANTILES, allowance: _Allowance | None = None):
         self.fmt: Format = problem.format
         self.quantity = quantity
-        self.q = "loss" if quantity == "loss" else "grad"
+        self.q = quantity
         self.shape = problem.output_shape if quantity == "loss" else problem.logits.shape
-        self.b_ulp, self.b_scaled = budget[f"{self.q}_ulp"], budget[f"{self.q}_scaled"]
+        self.b_ulp, self.b_scaled = (budget[vocabulary.budget_key(quantity, m)] for m in vocabulary.METRICS)
         self._bu, self._bs = max(self.b_ulp, 1e-300), max(self.b_scaled, 1e-300)
         self.unit = 2.0 ** -self.fmt.precision
         self.allowance = allowance or _Allowance(exact_quantiles)

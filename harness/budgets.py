@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import vocabulary
 from harness.formats import DTYPE_NAMES
 from harness.problem import Problem
 
-KEYS = ("loss_ulp", "loss_scaled", "grad_ulp", "grad_scaled")
+KEYS = vocabulary.BUDGET_KEYS
 
 
 class BudgetError(ValueError):
@@ -201,7 +202,7 @@ def load_known(path: str | Path | None = None, *, cwd: Path | None = None) -> li
 def known_reason(cell: dict, known: list[dict]) -> str | None:
     from fnmatch import fnmatchcase
 
-    key = f"{cell['impl']}/{cell['dtype']}/{cell['kind']}/{cell['scenario']}"
+    key = vocabulary.cell_id(cell)
     for k in known:
         if any(fnmatchcase(key, pattern) for pattern in k["cells"]):
             return k["reason"]

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import registry, results
+from harness import registry, results, vocabulary
 
 #: What each command runs.
 RUN = ("accuracy", "gradient", "special", "throughput")
 CHECK = ("accuracy", "gradient", "special")
-STATUSES = ("pass", "fail", "error", "unsupported", "known")
+STATUSES = vocabulary.STATUSES
 
 
 class CampaignError(ValueError):
@@ -106,7 +106,7 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     except registry.ImplementationError as exc:
         raise CampaignError(str(exc)) from None
     for e in skipped:
-        why = e.unavailable() or "canary, left out of the gate (name it with --impl to check it)"
+        why = e.unavailable() or vocabulary.CANARY_LEFT_OUT
         log(f"skip {e.name}: {why}")
     if not chosen:
         raise CampaignError("no implementation available; see `xent-harness list`")

@@ -41,6 +41,8 @@ from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 
+from harness import vocabulary
+
 __all__ = [
     "append_github_summary",
     "compare",
@@ -51,12 +53,12 @@ __all__ = [
     "write_markdown",
 ]
 
-STATUSES = ("pass", "fail", "error", "unsupported")
+STATUSES = vocabulary.STATUSES[:4]
 #: Per-implementation counts: a failing or erroring cell that matches a known failure
 #: (``[[tool.xent-harness.known-failures]]``) is counted as "known", not as "fail" / "error".
-COUNT_KEYS = (*STATUSES, "known")
-KINDS = ("accuracy", "gradient", "special")
-DTYPE_ORDER = ("float16", "bfloat16", "float32", "float64")
+COUNT_KEYS = vocabulary.STATUSES
+KINDS = vocabulary.KINDS
+DTYPE_ORDER = vocabulary.DTYPES
 DTYPE_SHORT = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
 PRECISION = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}
 AXIS_WORDS = {"scale": "logit scale", "gap": "target gap", "loc": "logit offset", "C": "C ="}
@@ -1020,7 +1022,7 @@ class _Plotter:
                     ax.plot(kx, ky, linestyle="none", marker="+", color=KNOWN_MARK,
                             markersize=9, markeredgewidth=1.8, transform=tr, zorder=4,
                             clip_on=False)
-            bud = run.budgets.get(dtype, {}).get("loss_ulp" if kind == "accuracy" else "grad_ulp")
+            bud = run.budgets.get(dtype, {}).get(vocabulary.budget_key(vocabulary.quantity(kind), "ulp"))
             if bud is None:
                 bud = next((c["budget"].get("ulp") for c in cells if c["dtype"] == dtype), None)
             if _finite(_num(bud)):
@@ -1129,7 +1131,7 @@ class _Plotter:
                         markerfacecolor="white", markeredgewidth=1.2, linestyle=self._ls(name),
                         drawstyle="steps-post", transform=self._dodge(fig, ax, k, len(impls)),
                         zorder=3)
-            bud = run.budgets.get(dtype, {}).get("loss_ulp" if kind == "accuracy" else "grad_ulp")
+            bud = run.budgets.get(dtype, {}).get(vocabulary.budget_key(vocabulary.quantity(kind), "ulp"))
             if _finite(_num(bud)):
                 ax.axvline(_num(bud), color="#57606a", linestyle=(0, (2, 2)), linewidth=1.0)
             ax.set_xscale("log")
@@ -1164,7 +1166,7 @@ class _Plotter:
         if not rows:
             return None
         dtypes = sorted({str(t.get("dtype")) for t in rows}, key=_dtype_key)
-        passes = [p for p in ("forward", "forward+backward") if any(t.get("pass") == p
+        passes = [p for p in vocabulary.PASSES if any(t.get("pass") == p
                                                                      for t in rows)]
         passes += sorted({str(t.get("pass")) for t in rows} - set(passes))
         impls = self._impls_with(rows)
@@ -1348,7 +1350,7 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
             notes.append(str(i.get("reason") or "not available here"))
         elif v == "skipped":
             notes.append(str(i.get("reason") or (
-                "canary: left out of this gate (name it with --impl to check it)"
+                vocabulary.CANARY_LEFT_OUT
                 if i["canary"] else "not run")))
         elif i["canary"]:
             notes.append("canary: deliberately broken, expected to fail" if v != "pass" else
@@ -1546,7 +1548,7 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
     for d in sorted(run.budgets, key=_dtype_key):
         b = run.budgets[d] or {}
         budget_rows.append({"dtype": d, **{k: fmt_num(b.get(k)) for k in
-                                          ("loss_ulp", "loss_scaled", "grad_ulp", "grad_scaled")}})
+                                          vocabulary.BUDGET_KEYS}})
     scen_rows = []
     for s in run.scenarios.values():
         ax = s.get("axis")
@@ -1623,8 +1625,7 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
         globs = k.get("cells")
         globs = [globs] if isinstance(globs, str) else [str(g) for g in globs or []]
         reason = str(k.get("reason") or "")
-        hits = [c for c in run.cells if c["known"] and any(fnmatchcase(
-            f"{c['impl']}/{c['dtype']}/{c['kind']}/{c['scenario']}", g) for g in globs)]
+        hits = [c for c in run.cells if c["known"] and any(fnmatchcase(vocabulary.cell_id(c), g) for g in globs)]
         known_rows.append({"reason": reason, "cells": globs, "matched": len(hits)})
     reasons_listed = {r["reason"] for r in known_rows}
     for reason in sorted({c["known"] for c in run.cells if c["known"]} - reasons_listed):

@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import registry, scenarios, verdicts
+from harness import registry, scenarios, verdicts, vocabulary
 from harness.cache import ReferenceCache, is_large
 from harness.results import Results
 from harness.runner import CallFailed, Runner
 
-KINDS = ("accuracy", "gradient", "special")
+KINDS = vocabulary.KINDS
 #: Bytes of implementation gradients held for one blockwise reference pass (large problems).
 HOLD_BYTES = 2 << 30
 
@@ -56,11 +56,6 @@ def _pairs(plan: Plan):
 def _cell(kind, impl, dtype, scenario, status, message=None, metrics=None, budget=None, seconds=None):
     return {"kind": kind, "impl": impl, "dtype": dtype, "scenario": scenario, "status": status,
             "message": message, "metrics": metrics, "budget": budget, "seconds": seconds}
-
-
-def _budget(budgets: dict, dtype: str, kind: str) -> dict:
-    q = "loss" if kind == "accuracy" else "grad"
-    return {"ulp": budgets[dtype][f"{q}_ulp"], "scaled": budgets[dtype][f"{q}_scaled"]}
 
 
 def run(plan: Plan, results: Results, *, log: Callable[[str], None] = print, progress=None) -> None:
@@ -187,7 +182,7 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
                 results.add_cell(_cell(k, name, d, s.name, "unsupported", reason))
         return
     for k in need:
-        op = "loss" if k == "accuracy" else "grad"
+        op = "grad" if k == "special" else vocabulary.quantity(k)
         if k == "gradient" and not impl.has_grad:
             results.add_cell(_cell(k, name, d, s.name, "unsupported", f"{name} provides no gradient"))
             continue
@@ -207,7 +202,7 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
             results.add_cell(_cell(k, name, d, s.name, "error", errors[op], seconds=timings.get(op)))
             continue
         hi, lo = (exact.loss_hi, exact.loss_lo) if op == "loss" else (exact.grad_hi, exact.grad_lo)
-        budget = _budget(plan.budgets, d, k)
+        budget = vocabulary.budget_of(plan.budgets, d, vocabulary.quantity(k))
         status, message, metrics = verdicts.judge(problem, op, outputs[op], hi, lo, plan.budgets[d])
         results.add_cell(_cell(k, name, d, s.name, status, message, metrics, budget, timings.get(op)))
 
@@ -367,7 +362,7 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
                 results.add_cell(_cell(k, name, d, s.name, "unsupported", it.reason))
         return
     for k in it.need:
-        op = "loss" if k == "accuracy" else "grad"
+        op = "grad" if k == "special" else vocabulary.quantity(k)
         if k == "gradient" and not impl.has_grad:
             results.add_cell(_cell(k, name, d, s.name, "unsupported", f"{name} provides no gradient"))
             continue
@@ -387,7 +382,7 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
         if op in it.errors:
             results.add_cell(_cell(k, name, d, s.name, "error", it.errors[op], seconds=it.timings.get(op)))
             continue
-        budget = _budget(plan.budgets, d, k)
+        budget = vocabulary.budget_of(plan.budgets, d, vocabulary.quantity(k))
         if op == "loss":
             exact = ref.loss()
             status, message, metrics = blockwise.judge_loss(problem, it.outputs["loss"], exact.loss_hi,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness import registry
+from harness import registry, vocabulary
 from harness.formats import FORMATS
 from harness.problem import Problem
 from harness.results import Results
@@ -37,7 +37,7 @@ _GRID = _table()
 GRID = tuple(tuple(shape) for shape in _GRID["grid"])
 QUICK_GRID = tuple(tuple(shape) for shape in _GRID["quick"])
 DEFAULT_DTYPES = tuple(_GRID["dtypes"])
-PASSES = ("forward", "forward+backward")
+PASSES = vocabulary.PASSES
 NOISY = 0.10
 
 

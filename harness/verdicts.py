@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from harness import metrics
+from harness import metrics, vocabulary
 from harness.budgets import scales
 from harness.formats import Format
 from harness.problem import Problem
@@ -44,7 +44,7 @@ def judge(problem: Problem, quantity: str, y: np.ndarray, hi: np.ndarray, lo: np
           budget: dict) -> tuple[str, str | None, dict]:
     """(status, message, metrics) of a loss or gradient against the reference (hi + lo)."""
     fmt: Format = problem.format
-    q = "loss" if quantity == "loss" else "grad"
+    q = quantity
     hi = np.asarray(hi, np.float64)
     lo = np.asarray(lo, np.float64)
     rf = metrics.round_to_format(np.atleast_1d(hi), np.atleast_1d(lo), fmt).reshape(hi.shape)
@@ -66,7 +66,7 @@ def judge(problem: Problem, quantity: str, y: np.ndarray, hi: np.ndarray, lo: np
         unit = 2.0 ** -fmt.precision * scale
         scaled = np.where(err == 0, 0.0, err / unit)
     m["scaled_max"] = float(scaled.max()) if scaled.size else None
-    b_ulp, b_scaled = budget[f"{q}_ulp"], budget[f"{q}_scaled"]
+    b_ulp, b_scaled = (budget[vocabulary.budget_key(q, m)] for m in vocabulary.METRICS)
     ok = (ulps <= b_ulp) | (scaled <= b_scaled)
     if ulps.size:
         # The worst element: the one furthest outside the budget (or the largest ULP error).
@@ -108,7 +108,7 @@ def verdict(quantity: str, m: dict, bad: int, nonfinite: int, count: int, b_ulp,
     if not bad:
         return "pass", None
     w = m["worst"]
-    what = "loss" if quantity == "loss" else "gradient"
+    what = vocabulary.noun(quantity)
     if nonfinite:
         message = (f"{what}: {nonfinite} of {count} values are inf/NaN where the contract is "
                    f"finite (e.g. {_describe(w['y'])} for {_describe(w['ref'])} at {w['index']})")

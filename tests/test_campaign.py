@@ -72,3 +72,27 @@ def test_implementation_rows_order_fail_over_error_over_pass():
     known = [{"impl": "numpy", "status": "fail", "known": "a reason"}]
     row = campaign.implementation_rows(entries, [], known)[0]
     assert row["verdict"] == "pass" and row["counts"]["known"] == 1
+
+
+def test_the_vocabulary_agrees_with_the_modules_that_use_it():
+    from harness import budgets, formats, sweeps, throughput, vocabulary
+
+    assert vocabulary.DTYPES == tuple(formats.DTYPE_NAMES)
+    assert vocabulary.KINDS == sweeps.KINDS and vocabulary.PASSES == throughput.PASSES
+    assert set(vocabulary.BUDGET_KEYS) == set(budgets.KEYS) == {"loss_ulp", "loss_scaled", "grad_ulp", "grad_scaled"}
+    assert [vocabulary.quantity(k) for k in ("accuracy", "gradient")] == ["loss", "grad"]
+    assert [vocabulary.kind(q) for q in ("loss", "grad")] == ["accuracy", "gradient"]
+    assert vocabulary.budget_of({"float32": {"grad_ulp": 4, "grad_scaled": 64, "loss_ulp": 2, "loss_scaled": 8}},
+                                "float32", "grad") == {"ulp": 4, "scaled": 64}
+    assert vocabulary.cell_id({"impl": "i", "dtype": "d", "kind": "k", "scenario": "s"}) == "i/d/k/s"
+
+
+def test_the_vocabulary_is_standard_library_only():
+    import ast
+    import sys
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "harness" / "vocabulary.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
