@@ -1,5 +1,6 @@
-"""Golden reference files: a fixed catalogue of problems with their exact losses and gradients,
-stored in ``references/`` so tests and CI read them instead of recomputing (NumPy umath style).
+"""Golden reference files: a fixed catalogue of problems (data: ``golden.toml``) with their exact
+losses and gradients, stored in ``references/`` so tests and CI read them instead of recomputing
+(NumPy umath style).
 
 Layout: one compressed ``.npz`` per case holding the inputs (logits bit-exact: bfloat16 as its
 uint16 pattern), the options, and the reference as double-doubles (``loss_hi + loss_lo``,
@@ -12,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,62 +42,50 @@ class Case:
     build: Callable[[], Problem]
 
 
-def _p(logits, target, dtype="float64", **kw) -> Problem:
-    return Problem(np.asarray(logits, dtype=np.float64).astype(FORMATS[dtype].dtype), np.asarray(target), **kw)
+OPTIONS = ("weight", "ignore_index", "reduction", "label_smoothing")
 
 
-def _rand(seed: int, shape, scale=1.0):
-    return np.random.default_rng(seed).normal(0.0, scale, shape)
+def _draw(spec, what: str):
+    """A literal array or one of golden.toml's generator tables, as float64 (see its header)."""
+    if not isinstance(spec, dict):
+        return np.asarray(spec)
+    shape = spec.get("shape")
+    if "normal" in spec:
+        seed, scale = spec["normal"]
+        return np.random.default_rng(seed).normal(0.0, scale, tuple(shape) if isinstance(shape, list) else shape)
+    if "fill" in spec:
+        return np.full(tuple(shape), float(spec["fill"]))
+    if "eye" in spec:
+        return np.where(np.eye(*spec["eye"], dtype=bool), float(spec["value"]), _draw(spec["else"], what))
+    if "classes" in spec:
+        seed, C = spec["classes"]
+        return np.random.default_rng(seed + 1).integers(0, C, tuple(shape) if isinstance(shape, list) else shape)
+    if "uniform" in spec:
+        return np.random.default_rng(spec["uniform"]).uniform(0, 1, tuple(shape))
+    if "arange" in spec:
+        return np.arange(spec["arange"])
+    raise ValueError(f"golden.toml: {what}: unknown generator {sorted(spec)}")
 
 
-def _targets(seed: int, C: int, shape):
-    return np.random.default_rng(seed + 1).integers(0, C, shape)
-
-
-inf = math.inf
+def _build(entry: dict, dtype: str) -> Problem:
+    entry = entry | entry.get("overrides", {}).get(dtype, {})
+    logits = np.asarray(_draw(entry["logits"], "logits"), dtype=np.float64).astype(FORMATS[dtype].dtype)
+    kw = {k: entry[k] for k in OPTIONS if k in entry}
+    return Problem(logits, np.asarray(_draw(entry["target"], "target")), **kw)
 
 
 def _cases() -> list[Case]:
-    cases = [
-        Case("tutorial-example", "the user's worked example: per-sample 0.417, 2.524; mean 1.471",
-             lambda: _p([[2.0, 1.0, 0.1], [1.2, 2.5, 0.3]], [0, 2])),
-        Case("tutorial-example-none", "the worked example per sample",
-             lambda: _p([[2.0, 1.0, 0.1], [1.2, 2.5, 0.3]], [0, 2], reduction="none")),
-        Case("tiny-loss-20-f32", "[20, 0] in float32: loss 2.06e-9, the usual formulas give 0",
-             lambda: _p([[20.0, 0.0]], [0], "float32", reduction="none")),
-        Case("tiny-loss-200-f64", "[200, 0]: loss 1.3839e-87, 256-bit textbook mpmath gives 0",
-             lambda: _p([[200.0, 0.0]], [0], reduction="none")),
-        Case("tiny-loss-40-f64", "[40, 0, 0] in float64: the usual formulas give 0",
-             lambda: _p([[40.0, 0.0, 0.0]], [0])),
-        Case("all-equal", "all-equal logits: loss = log C exactly",
-             lambda: _p(np.full((3, 7), 1.25), [0, 3, 6], reduction="none")),
-        Case("neg-inf-mask", "-inf masks contribute 0; a -inf target gives +inf",
-             lambda: _p([[0.0, -inf, 1.0], [-inf, 2.0, 3.0]], [0, 0], reduction="none")),
-        Case("all-ignored-mean", "every target ignored with 'mean': NaN loss, zero gradient",
-             lambda: _p(_rand(3, (4, 5)), [-100] * 4)),
-    ]
+    """The catalogue of golden.toml: the single cases, then each dtype's per-dtype cases."""
+    import tomllib
+    from importlib import resources
+
+    entries = tomllib.loads(resources.files("harness").joinpath("golden.toml").read_text(encoding="utf-8"))["case"]
+    single = [e for e in entries if "{dtype}" not in e["name"]]
+    per_dtype = [e for e in entries if "{dtype}" in e["name"]]
+    cases = [Case(e["name"], e["why"], partial(_build, e, e.get("dtype", "float64"))) for e in single]
     for dtype in FORMATS:
-        d = dtype
-        cases += [
-            Case(f"ordinary-{d}", "random normal logits, mean", lambda d=d: _p(_rand(10, (16, 10)), _targets(10, 10, 16), d)),
-            Case(f"scale-1e3-{d}", "logits of scale 1e3: exp overflows without the max shift",
-                 lambda d=d: _p(_rand(11, (8, 12), 1e3 if d != "float16" else 1e2), _targets(11, 12, 8), d, reduction="none")),
-            Case(f"dominant-gap-30-{d}", "target 30 above the rest: tiny losses, p_t -> 1",
-                 lambda d=d: _p(np.where(np.eye(6, 9, dtype=bool), 30.0, _rand(12, (6, 9), 0.5)), np.arange(6), d, reduction="none")),
-            Case(f"weights-smoothing-{d}", "class weights (one zero) with label smoothing 0.1",
-                 lambda d=d: _p(_rand(13, (10, 6)), _targets(13, 6, 10), d, weight=[1, 0, 2, 0.5, 1, 3], label_smoothing=0.1)),
-            Case(f"ignore-inside-{d}", "ignore_index = 2 lies inside [0, C); sum",
-                 lambda d=d: _p(_rand(14, (12, 5)), _targets(14, 5, 12), d, ignore_index=2, reduction="sum")),
-            Case(f"prob-targets-{d}", "unnormalized probability targets, weights, smoothing 0.2",
-                 lambda d=d: _p(_rand(15, (6, 4)), np.random.default_rng(15).uniform(0, 1, (6, 4)), d,
-                                weight=[1, 2, 0.5, 1], label_smoothing=0.2)),
-            Case(f"kdim-{d}", "K-dim input (N, C, d1, d2), weighted mean",
-                 lambda d=d: _p(_rand(16, (2, 4, 3, 2)), _targets(16, 4, (2, 3, 2)), d, weight=[0.5, 1, 2, 1])),
-            Case(f"unbatched-{d}", "unbatched (C,) input with a scalar target",
-                 lambda d=d: _p(_rand(17, (9,), 3.0), 4, d)),
-            Case(f"large-C-{d}", "C = 4096 classes, few rows",
-                 lambda d=d: _p(_rand(18, (2, 4096), 2.0), [7, 4000], d)),
-        ]
+        cases += [Case(e["name"].format(dtype=dtype), e["why"], partial(_build, e, dtype))
+                  for e in per_dtype if dtype in e.get("dtypes", FORMATS)]
     return cases
 
 

@@ -70,3 +70,26 @@ def test_missing_manifest_is_a_usage_error(tmp_path, capsys):
     assert main(["references", "verify", "--dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "references generate" in err
+
+
+def test_cases_are_data_and_each_matches_its_stored_file():
+    """golden.toml is the catalogue: every entry expands to cases (per dtype where named so) whose
+    problems are exactly the stored files' (same digests), in the manifest's set."""
+    import tomllib
+    from importlib import resources
+
+    entries = tomllib.loads(resources.files("harness").joinpath("golden.toml").read_text())["case"]
+    expected = set()
+    for e in entries:
+        if "{dtype}" in e["name"]:
+            expected |= {e["name"].format(dtype=d) for d in ("float16", "bfloat16", "float32", "float64")}
+        else:
+            expected.add(e["name"])
+    assert expected == {c.name for c in golden.CASES}
+    for c in golden.CASES:
+        assert golden.load(c.name).problem.digest == c.build().digest, c.name
+
+
+def test_a_bad_generator_names_the_field():
+    with pytest.raises(ValueError, match="golden.toml: logits: unknown generator"):
+        golden._build({"logits": {"gauss": 1}, "target": [0]}, "float32")
