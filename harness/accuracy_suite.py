@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import pytest_plugin
+from harness import pytest_plugin, vocabulary
 
 QUANTITIES = ("loss", "grad")
-KIND = {"loss": "accuracy", "grad": "gradient"}
 #: Cases with more logits than this are marked slow (pure-Python implementations crawl there).
 SLOW_LOGITS = 4096
 
@@ -82,25 +81,6 @@ def _golden(directory: Path, name: str):
     return golden.load(name, directory)
 
 
-def _special_mismatch(problem, quantity: str, y: np.ndarray, hi, lo) -> str | None:
-    """Where the correctly rounded reference is inf/NaN the output must be the same inf/NaN."""
-    from harness import metrics
-
-    rf = metrics.round_to_format(np.atleast_1d(hi), np.atleast_1d(lo), problem.format)
-    rf = rf.reshape(np.shape(hi)).astype(np.float64)
-    special = ~np.isfinite(rf)
-    if not special.any():
-        return None
-    ys, rs = y.astype(np.float64)[special], rf[special]
-    bad = ~((np.isnan(ys) & np.isnan(rs)) | (ys == rs))
-    if not bad.any():
-        return None
-    k = int(np.flatnonzero(bad)[0])
-    index = np.argwhere(special)[k].tolist()
-    return (f"{quantity}: {int(bad.sum())} of {int(special.sum())} inf/NaN positions differ from the contract; "
-            f"e.g. {index}: {ys[k]} instead of {rs[k]}")
-
-
 def test_golden(xent_cell: Cell, request: pytest.FixtureRequest) -> None:
     from harness import budgets, verdicts
 
@@ -129,10 +109,11 @@ def test_golden(xent_cell: Cell, request: pytest.FixtureRequest) -> None:
 
     failures = []  # (kind, message)
     if status != "pass":
-        failures.append((KIND[cell.quantity], message))
-    special = _special_mismatch(problem, cell.quantity, y, hi, lo)
-    if special:
-        failures.append(("special", special))
+        failures.append((vocabulary.kind(cell.quantity), message))
+    # where the correctly rounded reference is inf/NaN the output must be the same inf/NaN
+    special = verdicts.special_verdict([verdicts.special_part(problem, y, hi, lo, cell.quantity)])
+    if special is not None and special[0] != "pass":
+        failures.append(("special", special[1]))
     if not failures:
         return
     text = f"{where}: " + "; ".join(msg for _, msg in failures) + f" [budgets: {s.budgets_source}]"

@@ -96,20 +96,32 @@ class Exact:
     loss_bound: np.ndarray | None = field(default=None, repr=False)
     grad_bound: np.ndarray | None = field(default=None, repr=False)
 
+    def pair(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
+        """(hi, lo) of the 'loss' or the 'grad'."""
+        if quantity == "loss":
+            return self.loss_hi, self.loss_lo
+        if quantity == "grad":
+            if self.grad_hi is None:
+                raise ValueError("this reference was computed without the gradient")
+            return self.grad_hi, self.grad_lo
+        raise ValueError(f"quantity must be 'loss' or 'grad', not {quantity!r}")
+
+    def rounded(self, quantity: str, dtype) -> np.ndarray:
+        """The loss or gradient correctly rounded to ``dtype`` (float16, bfloat16, float32,
+        float64), by :func:`harness.metrics.round_to_format` (the one round-to-format)."""
+        from harness.metrics import round_to_format
+
+        hi, lo = self.pair(quantity)
+        fmt = FORMATS[np.dtype(dtype).name]
+        return round_to_format(np.atleast_1d(hi), np.atleast_1d(lo), fmt).reshape(np.shape(hi))
+
     def rounded_loss(self, dtype) -> np.ndarray:
-        """The loss correctly rounded to ``dtype`` (float16, bfloat16, float32 or float64)."""
-        return _rounded(self.loss_hi, self.loss_lo, dtype)
+        """The loss correctly rounded to ``dtype``."""
+        return self.rounded("loss", dtype)
 
     def rounded_grad(self, dtype) -> np.ndarray:
         """The gradient correctly rounded to ``dtype``."""
-        return _rounded(self.grad_hi, self.grad_lo, dtype)
-
-
-def _rounded(hi: np.ndarray, lo: np.ndarray, dtype) -> np.ndarray:
-    from harness.metrics import round_to_format
-
-    fmt = FORMATS[np.dtype(dtype).name]
-    return round_to_format(np.atleast_1d(hi), np.atleast_1d(lo), fmt).reshape(np.shape(hi))
+        return self.rounded("grad", dtype)
 
 
 # -- MPFR contexts ---------------------------------------------------------------------------------

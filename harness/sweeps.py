@@ -201,7 +201,7 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
         if op in errors:
             results.add_cell(_cell(k, name, d, s.name, "error", errors[op], seconds=timings.get(op)))
             continue
-        hi, lo = (exact.loss_hi, exact.loss_lo) if op == "loss" else (exact.grad_hi, exact.grad_lo)
+        hi, lo = exact.pair(op)
         budget = vocabulary.budget_of(plan.budgets, d, vocabulary.quantity(k))
         status, message, metrics = verdicts.judge(problem, op, outputs[op], hi, lo, plan.budgets[d])
         results.add_cell(_cell(k, name, d, s.name, status, message, metrics, budget, timings.get(op)))

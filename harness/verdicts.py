@@ -156,7 +156,7 @@ def special_verdict(parts: list[tuple[int, int, list[dict]]]) -> tuple[str, str 
 def judge_special(problem: Problem, outputs: dict, exact) -> tuple[str, str | None, dict] | None:
     """Special-value conformance over the positions where the reference is inf/NaN; None when
     it has none. ``outputs`` maps 'loss'/'grad' to the implementation's arrays (grad optional)."""
-    parts = [special_part(problem, outputs["loss"], exact.loss_hi, exact.loss_lo, "loss")]
+    parts = [special_part(problem, outputs["loss"], *exact.pair("loss"), "loss")]
     if outputs.get("grad") is not None and exact.grad_hi is not None:
-        parts.append(special_part(problem, outputs["grad"], exact.grad_hi, exact.grad_lo, "grad"))
+        parts.append(special_part(problem, outputs["grad"], *exact.pair("grad"), "grad"))
     return special_verdict(parts)

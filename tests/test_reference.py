@@ -302,3 +302,22 @@ def test_rounded_rounds_once_with_ieee_ties_subnormals_and_overflow():
         ]
     for v, dtype, want in cases:
         assert float(R.rounded(np.array([v], dtype=object), dtype)[0]) == want, (v, dtype)
+
+
+def test_exact_pair_and_rounded():
+    import numpy as np
+
+    from harness import reference
+    from harness.problem import Problem
+
+    p = Problem(np.array([[20.0, 0.0]], np.float32), np.array([0]), reduction="none")
+    ex = reference.evaluate(p)
+    (lh, ll), (gh, gl) = ex.pair("loss"), ex.pair("grad")
+    assert lh is ex.loss_hi and ll is ex.loss_lo and gh is ex.grad_hi and gl is ex.grad_lo
+    assert float(ex.rounded("loss", np.float32)[0]) == float(np.float32(2.0611536e-09))  # true 2.0611536203e-9
+    assert np.array_equal(ex.rounded("grad", np.float64), ex.rounded_grad(np.float64))
+    loss_only = reference.evaluate(p, grad=False)
+    with pytest.raises(ValueError, match="without the gradient"):
+        loss_only.pair("grad")
+    with pytest.raises(ValueError, match="'loss' or 'grad'"):
+        ex.pair("gradient")
