@@ -25,6 +25,9 @@ _QUANTITY = {"accuracy": "loss", "gradient": "grad"}
 _KIND = {v: k for k, v in _QUANTITY.items()}
 _PASS = dict(zip(QUANTITIES, PASSES, strict=True))
 
+#: Device names: "cpu", and "cuda" for NVIDIA GPUs (whatever the library calls them: jax "gpu").
+DEVICES = ("cpu", "cuda")
+
 #: Why a canary is not in a default `check` (it is deliberately broken).
 CANARY_LEFT_OUT = "canary, left out of the gate (name it with --impl to check it)"
 

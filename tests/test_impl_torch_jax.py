@@ -421,4 +421,4 @@ def test_registry_names():
         "jax-gpu",
     )
     assert TorchCPU.requires == ("torch",) and "jax" in JaxCPU.requires
-    assert TorchCUDA.devices == ("cuda",) and JaxGPU.devices == ("gpu",)
+    assert TorchCUDA.devices == ("cuda",) and JaxGPU.devices == ("cuda",)

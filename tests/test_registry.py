@@ -109,3 +109,12 @@ def test_an_implementation_instance_is_accepted_as_is():
 def test_unavailable_builtin_named_explicitly_is_an_error():
     with pytest.raises(registry.ImplementationError, match="unavailable"):
         registry.select(["torch-cuda"])
+
+
+def test_every_builtin_names_its_devices_in_the_one_vocabulary():
+    from harness import registry, vocabulary
+
+    for name, spec in registry.BUILTINS.items():
+        module, attr = spec.split(":")
+        cls = getattr(__import__(module, fromlist=[attr]), attr)
+        assert set(cls.devices) <= set(vocabulary.DEVICES), (name, cls.devices)

@@ -250,7 +250,7 @@ class JaxGPU(_Jax):
 
     name = "jax-gpu"
     description = "optax softmax cross-entropy with PyTorch's options, jax.jit on GPU"
-    devices = ("gpu",)
+    devices = ("cuda",)  # the harness says "cuda" for NVIDIA devices (jax calls its platform "gpu")
     platform = "gpu"
     needs_gpu = True
 
