@@ -166,12 +166,11 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
 
 def _gpu_info(entries) -> dict | None:
     for e in entries:
-        fn = getattr(e.impl, "device_info", None)
-        if e.impl is not None and e.impl.device != "cpu" and fn is not None:
+        if e.impl is not None and e.impl.device != "cpu":
             try:
-                return fn()
-            except Exception:
-                return None
+                return e.impl.device_info()
+            except Exception as exc:  # provenance is best effort; the run goes on
+                return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     return None
 
 

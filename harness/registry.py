@@ -121,6 +121,16 @@ class Implementation:
             return lambda: self.grad(problem)
         return lambda: self.loss(problem)
 
+    def device_info(self) -> dict | None:
+        """What the results' provenance records of the device this runs on (GPU name, memory,
+        driver, ...); None for the CPU, whose model provenance records anyway."""
+        return None
+
+    def peak_memory(self, fn: Callable[[], object]) -> int | None:
+        """Peak device memory (bytes) one call of ``fn`` adds, for a device implementation; None
+        when unknown. (CPU implementations are measured by the throughput sweep itself.)"""
+        return None
+
     def describe(self) -> dict:
         return {
             "name": self.name,

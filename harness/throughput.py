@@ -153,7 +153,7 @@ def _row(entry: registry.Entry, problem: Problem, pass_: str, copy_gbps: float, 
     try:
         fn = impl.prepare(problem, backward=pass_ == "forward+backward")
         t = measure(fn, repeats=repeats)
-        mem = peak_memory(fn) if impl.device == "cpu" else getattr(impl, "peak_memory", lambda f: None)(fn)
+        mem = peak_memory(fn) if impl.device == "cpu" else impl.peak_memory(fn)
     except Exception as exc:
         return row | {"status": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     gbps = nbytes / t.median_s / 1e9

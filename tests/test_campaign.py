@@ -96,3 +96,34 @@ def test_the_vocabulary_is_standard_library_only():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+class _FakeGPU:
+    """A plugin that says it runs on a CUDA device (it computes on the host: a stand-in)."""
+
+    devices = ("cuda",)
+    dtypes = ("float32",)
+
+    def loss(self, logits, target, **kw):
+        import numpy as np
+
+        from harness.implementations.numpy_stable import NumpyStable
+        from harness.problem import Problem
+
+        return NumpyStable().loss(Problem(np.asarray(logits), np.asarray(target), **kw))
+
+    def device_info(self):
+        return {"name": "Fake H200", "memory_bytes": 1 << 37}
+
+
+def test_a_device_implementations_info_reaches_the_provenance(tmp_path, monkeypatch):
+    from harness import registry
+
+    class Impl(registry.FunctionImplementation):
+        def device_info(self):
+            return self._obj.device_info()
+
+    monkeypatch.setattr(registry, "load_spec", lambda spec: Impl(_FakeGPU(), "fake-gpu", spec))
+    done = campaign.run(_req(tmp_path, impls=["x:y"], kinds=("accuracy",), isolate=False), log=lambda m: None)
+    assert done.data["provenance"]["gpu"] == {"name": "Fake H200", "memory_bytes": 1 << 37}
+    assert registry.Implementation().device_info() is None and registry.Implementation().peak_memory(lambda: 0) is None

@@ -671,6 +671,18 @@ class CupyKernel(Implementation):
             return f"NVRTC (the CUDA runtime compiler) is not available: {_one_line(exc)}"
         return None
 
+    def device_info(self) -> dict | None:
+        import cupy
+
+        rt = cupy.cuda.runtime
+        dev = cupy.cuda.Device().id
+        props = rt.getDeviceProperties(dev)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        return {"name": name, "memory_bytes": int(props["totalGlobalMem"]),
+                "compute_capability": f"{props['major']}.{props['minor']}",
+                "multiprocessors": int(props["multiProcessorCount"]), "driver": rt.driverGetVersion(),
+                "cuda": rt.runtimeGetVersion(), "library": f"cupy {cupy.__version__}"}
+
     def _run(self, problem: Problem, backward: bool) -> _Run:
         import cupy
 

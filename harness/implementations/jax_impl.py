@@ -254,6 +254,13 @@ class JaxGPU(_Jax):
     platform = "gpu"
     needs_gpu = True
 
+    def device_info(self) -> dict | None:
+        jax, _, _ = _jax()
+        dev = self._device()
+        stats = dev.memory_stats() or {}
+        return {"name": dev.device_kind, "memory_bytes": stats.get("bytes_limit"),
+                "library": f"jax {jax.__version__}"}
+
     def available(self) -> str | None:
         reason = super().available()  # requires + no visible GPU, without importing jax
         if reason:

@@ -187,3 +187,19 @@ class TorchCUDA(_Torch):
     def _sync(self) -> None:
         torch, _ = _torch()
         torch.cuda.synchronize()
+
+    def device_info(self) -> dict | None:
+        torch, _ = _torch()
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return {"name": props.name, "memory_bytes": int(props.total_memory),
+                "compute_capability": f"{props.major}.{props.minor}",
+                "multiprocessors": int(props.multi_processor_count), "cuda": torch.version.cuda,
+                "library": f"torch {torch.__version__}"}
+
+    def peak_memory(self, fn: Callable[[], object]) -> int | None:
+        torch, _ = _torch()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        return max(0, int(torch.cuda.max_memory_allocated()) - before)
