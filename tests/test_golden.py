@@ -91,5 +91,5 @@ def test_cases_are_data_and_each_matches_its_stored_file():
 
 
 def test_a_bad_generator_names_the_field():
-    with pytest.raises(ValueError, match="golden.toml: logits: unknown generator"):
+    with pytest.raises(ValueError, match=r"golden\.toml: logits: unknown generator"):
         golden._build({"logits": {"gauss": 1}, "target": [0]}, "float32")
