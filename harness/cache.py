@@ -14,6 +14,7 @@ the gradient has inf/NaN anywhere (it decides whether a special-value cell exist
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class ReferenceCache:
             with np.load(path) as z:
                 return reference.Exact(z["loss_hi"], z["loss_lo"], z["grad_hi"], z["grad_lo"], bits=int(z["bits"]),
                                        unresolved=int(z["unresolved"]))
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             return None  # missing or unreadable (e.g. cut by a kill): recompute
 
     def store(self, problem: Problem, ex: reference.Exact) -> None:
@@ -84,7 +85,7 @@ class ReferenceCache:
                 ex = reference.Exact(z["loss_hi"], z["loss_lo"], bits=int(z["bits"]),
                                      unresolved=int(z["unresolved"]))
                 flag = int(z["grad_nonfinite"])
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             return None
         return ex, (None if flag < 0 else bool(flag))
 
