@@ -23,7 +23,8 @@ class CallFailed(Exception):
     """The implementation raised, hung or crashed; the message says which, in one line."""
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -59,7 +60,7 @@ def _child(conn, how):
     try:
         impl = _load(how)
     except Exception as exc:
-        conn.send(("err", f"failed to load: {_one_line(exc)}"))
+        conn.send(("err", f"failed to load: {one_line(exc)}"))
         return
     conn.send(("ready", None))
     while True:
@@ -70,7 +71,7 @@ def _child(conn, how):
         try:
             conn.send(("ok", _invoke(impl, op, problem)))
         except Exception as exc:
-            conn.send(("err", _one_line(exc)))
+            conn.send(("err", one_line(exc)))
 
 
 class Runner:
@@ -89,7 +90,7 @@ class Runner:
             try:
                 return _invoke(self.impl, op, problem)
             except Exception as exc:
-                raise CallFailed(_one_line(exc)) from exc
+                raise CallFailed(one_line(exc)) from exc
         return self._call_isolated(op, problem)
 
     # -- isolation -------------------------------------------------------------------------------

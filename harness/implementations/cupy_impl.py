@@ -50,6 +50,7 @@ import numpy as np
 from harness.implementations._degenerate import degenerate_result
 from harness.problem import Problem
 from harness.registry import Implementation, no_gpu_reason
+from harness.runner import one_line
 
 KERNEL_PATH = Path(__file__).with_name("kernels") / "xent.cu"
 
@@ -219,11 +220,13 @@ def kernel_mode(problem: Problem) -> int:
 # Compilation (NVRTC through cupy.cuda.nvrtc) with an in-process and an on-disk cache
 # ---------------------------------------------------------------------------------------------
 def _cache_dir() -> Path:
+    """$XENT_HARNESS_KERNEL_CACHE, else ``cupy/`` in the harness's cache directory (XENT_CACHE)."""
     env = os.environ.get("XENT_HARNESS_KERNEL_CACHE")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "xent-harness" / "cupy"
+    from harness.cache import default_dir
+
+    return default_dir() / "cupy"
 
 
 def nvrtc_arch_option(
@@ -629,11 +632,6 @@ class _Run:
         return self._host(self.grad).reshape(p.logits.shape)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class CupyKernel(Implementation):
     """Hand-written CUDA kernel (online softmax, fused forward+backward) compiled with NVRTC."""
 
@@ -656,11 +654,11 @@ class CupyKernel(Implementation):
         try:
             import cupy
         except Exception as exc:  # a broken install must not crash the listing
-            return f"cupy failed to import: {_one_line(exc)}"
+            return f"cupy failed to import: {one_line(exc)}"
         try:
             count = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:
-            return f"no usable CUDA device: {_one_line(exc)}"
+            return f"no usable CUDA device: {one_line(exc)}"
         if count < 1:
             return "no CUDA device found"
         try:
@@ -668,7 +666,7 @@ class CupyKernel(Implementation):
 
             nvrtc.getVersion()
         except Exception as exc:
-            return f"NVRTC (the CUDA runtime compiler) is not available: {_one_line(exc)}"
+            return f"NVRTC (the CUDA runtime compiler) is not available: {one_line(exc)}"
         return None
 
     def device_info(self) -> dict | None:
