@@ -121,6 +121,13 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
                 picked = [s for s in picked if "large" not in s.tags]
     except (ValueError, budgets_mod.BudgetError) as exc:
         raise CampaignError(str(exc)) from None
+    if sweep_kinds and not picked:
+        # a gate that judged nothing must not pass: say which filters removed everything
+        filters = [f"--scenario {' '.join(req.scenarios)}" if req.scenarios else None,
+                   "--quick" if req.quick else None, f"--dtype {' '.join(req.dtypes)}" if req.dtypes else None,
+                   None if req.include_large or req.scenarios else "(large scenarios need --include-large)"]
+        raise CampaignError("nothing to judge: " + ", ".join(f for f in filters if f)
+                            + " select no scenario in any dtype; widen them (see `xent-harness list --scenarios`)")
 
     out = out_dir(req)
     argv = list(sys.argv[1:]) if req.argv is None else list(req.argv)

@@ -127,3 +127,16 @@ def test_a_device_implementations_info_reaches_the_provenance(tmp_path, monkeypa
     done = campaign.run(_req(tmp_path, impls=["x:y"], kinds=("accuracy",), isolate=False), log=lambda m: None)
     assert done.data["provenance"]["gpu"] == {"name": "Fake H200", "memory_bytes": 1 << 37}
     assert registry.Implementation().device_info() is None and registry.Implementation().peak_memory(lambda: 0) is None
+
+
+def test_filters_that_leave_nothing_to_judge_are_a_usage_error(tmp_path, capsys):
+    """A gate that judged nothing must not pass (scale-10 is not in the quick subset)."""
+    from harness.cli import main
+
+    with pytest.raises(campaign.CampaignError, match="nothing to judge: --scenario scale-10, --quick, --dtype float32"):
+        campaign.run(_req(tmp_path, scenarios=["scale-10"], quick=True), log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+    rc = main(["check", "--impl", "numpy", "--dtype", "float32", "--scenario", "scale-10", "--quick",
+               "--out", str(tmp_path / "cli")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nothing to judge" in err and len(err.strip().splitlines()) == 1
