@@ -45,6 +45,7 @@ class Request:
     include_large: bool = False
     out: Path | str | None = None
     resume: bool = False
+    force: bool = False
     workers: int | None = None
     budgets: str | None = None
     known: str | None = None
@@ -79,16 +80,52 @@ def _timestamp() -> str:
 
 
 def out_dir(req: Request) -> Path:
-    """``out``, else the newest run under ``reports/`` when resuming, else a new timestamped one."""
+    """``out``, else the newest run under ``reports/`` when resuming, else a new timestamped one,
+    created exclusively (two runs started in the same second get ``...Z`` and ``...Z-2``).
+    An ``out`` that holds a run is refused unless resuming it or ``force`` replaces it."""
     if req.out:
-        return Path(req.out)
+        out = Path(req.out)
+        if out.exists() and not out.is_dir():
+            raise CampaignError(f"--out: {out} is a file; name a directory")
+        holds = (out / results.RESULTS).exists() or (out / results.JOURNAL).exists()
+        if holds and not (req.resume or req.force):
+            raise CampaignError(f"--out: {out} holds a run; --resume continues it, --force replaces it")
+        return out
     base = Path(req.reports)
     if req.resume:
         runs = sorted(d for d in base.glob("2*") if d.is_dir()) if base.is_dir() else []
         if not runs:
             raise CampaignError("--resume: no earlier run under reports/; pass --out DIR")
         return runs[-1]
-    return base / _timestamp()
+    stamp = _timestamp()
+    for n in range(1, 1000):
+        out = base / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            out.mkdir(parents=True, exist_ok=False)
+            return out
+        except FileExistsError:
+            continue
+    raise CampaignError(f"reports: could not create a run directory under {base}")
+
+
+def _check_numbers(req: Request, log: Callable[[str], None]) -> int | None:
+    """--timeout a positive finite number; --workers a positive integer, capped at the cores."""
+    import math
+    import os
+
+    t = req.timeout
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise CampaignError(f"--timeout: must be a positive number of seconds, not {t!r}")
+    w = req.workers
+    if w is None:
+        return None
+    if not isinstance(w, int) or w < 1:
+        raise CampaignError(f"--workers: must be a positive integer, not {w!r}")
+    cores = os.cpu_count() or 1
+    if w > cores:
+        log(f"--workers {w}: capped at this machine's {cores} cores")
+        return cores
+    return w
 
 
 def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> Outcome:
@@ -97,6 +134,7 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     from harness import scenarios, sweeps, throughput
     from harness.formats import DTYPE_NAMES
 
+    workers = _check_numbers(req, log)
     dtypes = list(req.dtypes or DTYPE_NAMES)
     for d in dtypes:
         if d not in DTYPE_NAMES:
@@ -141,7 +179,7 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     t0 = time.monotonic()
     try:
         if sweep_kinds and picked:
-            plan = sweeps.Plan(chosen, picked, dtypes, budget_table, kinds=sweep_kinds, workers=req.workers,
+            plan = sweeps.Plan(chosen, picked, dtypes, budget_table, kinds=sweep_kinds, workers=workers,
                                isolate=req.isolate, timeout=req.timeout)
             log(f"{'/'.join(sweep_kinds)}: {len(chosen)} implementations x {len(picked)} scenarios x {len(dtypes)} dtypes")
             sweeps.run(plan, res, log=log, progress=progress)

@@ -108,6 +108,7 @@ def _sweep_args(p: argparse.ArgumentParser, *, timing: bool = True) -> None:
     p.add_argument("--quick", action="store_true", help="the small CI subset of scenarios%s" % (" and shapes" if timing else ""))
     p.add_argument("--out", metavar="DIR", help="run directory (default reports/<timestamp>/, copied to reports/latest/)")
     p.add_argument("--json", action="store_true", help="print the results JSON on stdout instead of tables")
+    p.add_argument("--force", action="store_true", help="with --out: replace the run that directory holds")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest under reports/) without recomputing finished cells")
     p.add_argument("--workers", type=int, default=None, help="processes for the reference (default: all cores)")
     p.add_argument("--budgets", metavar="FILE", help="TOML budgets overriding the defaults and pyproject.toml")
@@ -134,7 +135,7 @@ def _execute(args, kinds: tuple[str, ...], *, gate: bool) -> int:
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     req = campaign.Request(kinds=kinds, impls=args.impl, dtypes=args.dtype, scenarios=args.scenario,
-                           quick=args.quick, include_large=args.include_large, out=args.out, resume=args.resume,
+                           quick=args.quick, include_large=args.include_large, out=args.out, resume=args.resume, force=args.force,
                            workers=args.workers, budgets=args.budgets, known=args.known, isolate=args.isolate,
                            timeout=args.timeout, gate=gate, argv=args.argv)
     try:

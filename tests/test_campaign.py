@@ -140,3 +140,43 @@ def test_filters_that_leave_nothing_to_judge_are_a_usage_error(tmp_path, capsys)
                "--out", str(tmp_path / "cli")])
     err = capsys.readouterr().err
     assert rc == 2 and "nothing to judge" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("timeout", 0, "--timeout: must be a positive number"), ("timeout", -1.0, "--timeout"),
+    ("timeout", float("nan"), "--timeout"), ("timeout", float("inf"), "--timeout"),
+    ("workers", 0, "--workers: must be a positive integer"), ("workers", -3, "--workers"),
+])
+def test_numeric_options_are_checked(tmp_path, field, value, fragment):
+    with pytest.raises(campaign.CampaignError, match=fragment):
+        campaign.run(_req(tmp_path, **{field: value}), log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_workers_above_the_cores_are_capped_with_a_note(tmp_path):
+    import os
+
+    said = []
+    done = campaign.run(_req(tmp_path, workers=100000), log=said.append)
+    assert done.verdict == "pass" and f"--workers 100000: capped at this machine's {os.cpu_count()} cores" in said
+
+
+def test_out_onto_a_run_is_refused_without_resume_or_force(tmp_path):
+    first = campaign.run(_req(tmp_path), log=lambda m: None)
+    cells = json.loads((first.out / "results.json").read_text())["cells"]
+    with pytest.raises(campaign.CampaignError, match="holds a run; --resume continues it, --force replaces it"):
+        campaign.run(_req(tmp_path, scenarios=["scale-100"]), log=lambda m: None)
+    assert json.loads((first.out / "results.json").read_text())["cells"] == cells  # untouched
+    replaced = campaign.run(_req(tmp_path, scenarios=["scale-100"], force=True), log=lambda m: None)
+    assert {c["scenario"] for c in replaced.data["cells"]} == {"scale-100"}
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(campaign.CampaignError, match="is a file"):
+        campaign.run(_req(tmp_path, out=tmp_path / "afile"), log=lambda m: None)
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    monkeypatch.setattr(campaign, "_timestamp", lambda: "20261202T000000Z")
+    req = _req(tmp_path, out=None, reports=tmp_path / "reports")
+    outs = [campaign.out_dir(req) for _ in range(3)]
+    assert [o.name for o in outs] == ["20261202T000000Z", "20261202T000000Z-2", "20261202T000000Z-3"]
+    assert all(o.is_dir() for o in outs)

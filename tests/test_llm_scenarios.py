@@ -79,7 +79,7 @@ def _selected(tmp_path, monkeypatch, *argv) -> set[str]:
         seen.update(s.name for s in plan.scenarios)
 
     monkeypatch.setattr(sweeps, "run", record)
-    main(["check", "--impl", "numpy", "--out", str(tmp_path / "run"), *argv])
+    main(["check", "--impl", "numpy", "--out", str(tmp_path / "run"), "--force", *argv])
     return seen
 
 

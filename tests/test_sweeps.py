@@ -22,6 +22,10 @@ FAULTY = str(ROOT / "tests" / "plugins" / "faulty.py")
 
 def _run(tmp_path, *argv) -> tuple[int, dict]:
     out = tmp_path / "run"
+    n = 1
+    while out.exists():  # each call its own run (an --out that holds a run is refused)
+        n += 1
+        out = tmp_path / f"run-{n}"
     code = main([*argv, "--out", str(out)])
     return code, results.load(out)
 
