@@ -343,13 +343,21 @@ def discover(specs: Iterable[str] = ()) -> list[Entry]:
     that fails to load raises ImplementationError, because the user asked for it explicitly.
     """
     entries = [_builtin(name) for name in BUILTINS] + _entry_points()
-    known = {e.name for e in entries}
+    known = {e.name: e.origin for e in entries}
+    specs = list(specs)
     for spec in specs:
+        if specs.count(spec) > 1:
+            raise ImplementationError(f"--impl {spec}: given {specs.count(spec)} times; name it once")
         if spec in known:
             continue
         impl = load_spec(spec)
+        if impl.name in known:  # its cells would be recorded as the other one's
+            owner = known[impl.name]
+            owner = "a built-in" if owner == "builtin" else owner
+            raise ImplementationError(f"--impl {spec}: the name {impl.name!r} is taken (by {owner}); "
+                                      f"give the plugin another `name` attribute")
         entries.append(Entry(impl.name, spec, impl, extra={"spec": spec}))
-        known.add(impl.name)
+        known[impl.name] = spec
     return entries
 
 

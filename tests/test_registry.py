@@ -118,3 +118,17 @@ def test_every_builtin_names_its_devices_in_the_one_vocabulary():
         module, attr = spec.split(":")
         cls = getattr(__import__(module, fromlist=[attr]), attr)
         assert set(cls.devices) <= set(vocabulary.DEVICES), (name, cls.devices)
+
+
+def test_names_are_unique_in_a_run(tmp_path):
+    """A plugin named like a built-in would have its failures recorded as the built-in's."""
+    from harness import registry
+
+    (tmp_path / "p.py").write_text("class Impostor:\n    name = 'numpy'\n    def loss(self, logits, target, **kw):\n        return 0.0\n"
+                                   "class Twin:\n    name = 'twin'\n    def loss(self, logits, target, **kw):\n        return 0.0\n")
+    with pytest.raises(registry.ImplementationError, match=r"the name 'numpy' is taken \(by a built-in\)"):
+        registry.select([f"{tmp_path}/p.py:Impostor"])
+    with pytest.raises(registry.ImplementationError, match="given 2 times"):
+        registry.select(["numpy", "numpy"])
+    with pytest.raises(registry.ImplementationError, match=r"the name 'twin' is taken \(by .*p.py:Twin\)"):
+        registry.select([f"{tmp_path}/p.py:Twin", f"{tmp_path}/./p.py:Twin"])
