@@ -129,6 +129,9 @@ class Results:
         self._flush_cost = 0.0
         self._flush_size = 1
         self._cells = {cell_key(c): c for c in data.get("cells", [])}
+        # cells that do not exist (a special-value cell where the contract has no inf/NaN): a
+        # resumed run must not redo their problems to find that out again
+        self._absent = {tuple(k) for k in data.get("not_applicable", [])}
         self._rows = {throughput_key(r): r for r in data.get("throughput", [])}
         # JSON-safe copies of cells and rows, made once when they are added (not at every rewrite)
         self._clean = {("cell", k): _clean(c) for k, c in self._cells.items()}
@@ -150,6 +153,8 @@ class Results:
                 if entry.get("type") == "cell":
                     key = cell_key(entry["cell"])
                     self._cells[key] = self._clean["cell", key] = entry["cell"]
+                elif entry.get("type") == "not_applicable":
+                    self._absent.add(tuple(entry["key"]))
                 elif entry.get("type") == "throughput":
                     key = throughput_key(entry["row"])
                     self._rows[key] = self._clean["row", key] = entry["row"]
@@ -170,7 +175,14 @@ class Results:
 
     # cells -------------------------------------------------------------------------------------
     def has(self, key: tuple) -> bool:
-        return key in self._cells
+        """True when the cell is recorded, or known not to exist."""
+        return key in self._cells or key in self._absent
+
+    def mark_not_applicable(self, key: tuple) -> None:
+        """Record that cell ``key`` does not exist (journaled, so resume skips it)."""
+        if key not in self._absent:
+            self._absent.add(key)
+            self._append({"type": "not_applicable", "key": list(key)})
 
     def has_row(self, key: tuple) -> bool:
         return key in self._rows
@@ -217,6 +229,7 @@ class Results:
             self._clean |= {("row", k): _clean(r) for k, r in self._rows.items()}
         self.data["cells"] = self.cells
         self.data["throughput"] = self.rows
+        self.data["not_applicable"] = [list(k) for k in sorted(self._absent)]
         rest = _clean({k: v for k, v in self.data.items() if k not in ("cells", "throughput")})
         rest["cells"] = [self._clean["cell", k] for k in self._cells]
         rest["throughput"] = [self._clean["row", k] for k in self._rows]

@@ -180,6 +180,8 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
         for k in need:
             if k != "special" or _has_special(exact):
                 results.add_cell(_cell(k, name, d, s.name, "unsupported", reason))
+            else:
+                results.mark_not_applicable((k, name, d, s.name))
         return
     for k in need:
         op = "grad" if k == "special" else vocabulary.quantity(k)
@@ -187,7 +189,8 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
             results.add_cell(_cell(k, name, d, s.name, "unsupported", f"{name} provides no gradient"))
             continue
         if k == "special":
-            if not _has_special(exact):
+            if not _has_special(exact):  # no inf/NaN in the contract: no cell, and resume knows
+                results.mark_not_applicable((k, name, d, s.name))
                 continue
             failed = [f"{o}: {errors[o]}" for o in ("loss", "grad") if o in errors]
             if failed:
@@ -360,6 +363,8 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
         for k in it.need:
             if k != "special" or has_special():
                 results.add_cell(_cell(k, name, d, s.name, "unsupported", it.reason))
+            else:
+                results.mark_not_applicable((k, name, d, s.name))
         return
     for k in it.need:
         op = "grad" if k == "special" else vocabulary.quantity(k)
@@ -368,6 +373,7 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
             continue
         if k == "special":
             if not has_special():
+                results.mark_not_applicable((k, name, d, s.name))
                 continue
             failed = [f"{o}: {it.errors[o]}" for o in ("loss", "grad") if o in it.errors]
             if failed:

@@ -109,12 +109,13 @@ def test_killed_run_resumes_without_losing_or_recomputing(tmp_path):
     journal = out / results.JOURNAL
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if journal.exists() and journal.read_text().count("\n") >= 25:
+        if journal.exists() and journal.read_text().count('"type": "cell"') >= 25:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = [json.loads(line)["cell"] for line in journal.read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    before = [e["cell"] for e in entries if e["type"] == "cell"]
     assert 25 <= len(before)
     done = {results.cell_key(c) for c in before}
     # The results file left behind (if any flush happened) is valid JSON.
@@ -291,3 +292,21 @@ def test_builtin_fused_calls_give_the_bits_of_separate_calls(name):
         for got, want in ((loss, impl.loss(p)), (grad, impl.grad(p))):
             assert got.dtype == want.dtype and got.shape == want.shape
             assert got.tobytes() == np.asarray(want).tobytes(), (name, scen, dtype)
+
+
+def test_resuming_a_finished_run_calls_nothing(tmp_path, monkeypatch):
+    """Scenarios without inf/NaN have no special-value cell; resume must know that from the
+    journal instead of calling the implementation again to find out (counted calls)."""
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("XENT_TEST_CALLS", str(calls))
+    out = tmp_path / "run"
+    argv = ["check", "--impl", f"{FAULTY}:CountsCalls", "--scenario", "scale-1", "--scenario", "masked-target",
+            "--dtype", "float32", "--out", str(out)]
+    rc = main(argv)
+    assert rc in (0, 1)
+    first = calls.read_text().split()
+    data = results.load(out)
+    assert first and data["not_applicable"]  # scale-1 has no special-value cell
+    assert main([*argv, "--resume"]) == rc
+    assert calls.read_text().split() == first  # not one more call
+    assert results.load(out)["cells"] == data["cells"]
