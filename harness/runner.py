@@ -94,16 +94,22 @@ class Runner:
         return self._call_isolated(op, problem)
 
     # -- isolation -------------------------------------------------------------------------------
-    def _start(self):
+    def _start(self, budget: float):
+        """Start the child; loading the implementation counts against the call's ``budget``."""
         ctx = mp.get_context("spawn")  # a clean interpreter: no inherited threads or CUDA state
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_child, args=(child, locator(self.entry)), daemon=True)
         proc.start()
         child.close()
-        if not parent.poll(max(self.timeout, 60.0)):
+        if not parent.poll(budget):
             proc.kill()
-            raise CallFailed("isolated worker did not start")
-        status, msg = parent.recv()
+            proc.join(5)
+            raise CallFailed(f"timed out after {self.timeout:g} s (killed) while loading the implementation")
+        try:
+            status, msg = parent.recv()
+        except (EOFError, OSError):
+            proc.join(5)
+            raise CallFailed(f"isolated worker died while loading the implementation (exit code {proc.exitcode})") from None
         if status != "ready":
             proc.kill()
             raise CallFailed(msg)
@@ -116,12 +122,12 @@ class Runner:
         self._proc = self._conn = None
 
     def _call_isolated(self, op: str, problem: Problem) -> np.ndarray:
-        if self._proc is None or not self._proc.is_alive():
-            self._start()
         t0 = time.monotonic()
+        if self._proc is None or not self._proc.is_alive():
+            self._start(self.timeout)  # --timeout covers starting the child too
         try:
             self._conn.send((op, problem))
-            if not self._conn.poll(self.timeout):
+            if not self._conn.poll(max(0.0, self.timeout - (time.monotonic() - t0))):
                 self._kill()
                 raise CallFailed(f"timed out after {self.timeout:g} s (killed)")
             status, payload = self._conn.recv()

@@ -88,3 +88,20 @@ def test_get_many_computes_only_what_is_missing(tmp_path, monkeypatch):
     seen.clear()
     cache.get_many(ps, workers=1)
     assert seen == []
+
+
+def test_the_timeout_covers_starting_the_child():
+    """Two calls to a plugin that takes 30 s to load, with a 2 s timeout, take seconds, not the
+    minute a fixed start-up wait took."""
+    import time
+
+    entry = registry.Entry("slow", FAULTY + ":SlowToLoad", impl=None, extra={"spec": f"{FAULTY}:SlowToLoad"})
+    runner = Runner(entry, isolate=True, timeout=2)
+    t0 = time.monotonic()
+    try:
+        for _ in range(2):
+            with pytest.raises(CallFailed, match="timed out after 2 s .*while loading"):
+                runner.call("loss", _problem())
+    finally:
+        runner.close()
+    assert time.monotonic() - t0 < 20

@@ -150,3 +150,10 @@ class FusedNotAPair(Correct):
 
     def loss_and_grad(self, *a, **kw):
         return self.loss(*a, **kw)
+
+
+class SlowToLoad(Correct):
+    """Correct, but its construction (in the isolated child) takes 30 s."""
+
+    def __init__(self):
+        time.sleep(30)
