@@ -100,7 +100,7 @@ def test_the_timeout_covers_starting_the_child():
     t0 = time.monotonic()
     try:
         for _ in range(2):
-            with pytest.raises(CallFailed, match="timed out after 2 s .*while loading"):
+            with pytest.raises(CallFailed, match=r"timed out after 2 s .*while loading"):
                 runner.call("loss", _problem())
     finally:
         runner.close()
