@@ -140,7 +140,8 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
         if d not in DTYPE_NAMES:
             raise CampaignError(f"--dtype: unknown dtype {d!r}; use {', '.join(DTYPE_NAMES)}")
     try:
-        chosen, skipped = registry.select(req.impls, include_canaries=not (req.gate and not req.impls))
+        chosen, skipped = registry.select(req.impls, include_canaries=not (req.gate and not req.impls),
+                                          isolate=req.isolate is not False, timeout=req.timeout)
     except registry.ImplementationError as exc:
         raise CampaignError(str(exc)) from None
     for e in skipped:
@@ -148,6 +149,10 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
         log(f"skip {e.name}: {why}")
     if not chosen:
         raise CampaignError("no implementation available; see `xent-harness list`")
+    unloadable = [e for e in chosen if e.impl is None]
+    for e in unloadable:  # named, but its import failed in its child: a failing result
+        log(f"error {e.name}: {e.error}")
+    loaded = [e for e in chosen if e.impl is not None]
     sweep_kinds = tuple(k for k in req.kinds if k in sweeps.KINDS)
     try:
         budget_table, budget_source = budgets_mod.load(req.budgets)
@@ -178,23 +183,24 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     res.data["scenarios"] = [scenarios.describe(s) for s in picked]
     t0 = time.monotonic()
     try:
-        if sweep_kinds and picked:
-            plan = sweeps.Plan(chosen, picked, dtypes, budget_table, kinds=sweep_kinds, workers=workers,
+        if sweep_kinds and picked and loaded:
+            plan = sweeps.Plan(loaded, picked, dtypes, budget_table, kinds=sweep_kinds, workers=workers,
                                isolate=req.isolate, timeout=req.timeout)
-            log(f"{'/'.join(sweep_kinds)}: {len(chosen)} implementations x {len(picked)} scenarios x {len(dtypes)} dtypes")
+            log(f"{'/'.join(sweep_kinds)}: {len(loaded)} implementations x {len(picked)} scenarios x {len(dtypes)} dtypes")
             sweeps.run(plan, res, log=log, progress=progress)
         t_sweeps = time.monotonic() - t0
-        if "throughput" in req.kinds:
+        if "throughput" in req.kinds and loaded:
             timed = list(req.dtypes) if req.dtypes else list(throughput.DEFAULT_DTYPES)
-            log(f"throughput: {len(chosen)} implementations x {', '.join(timed)}, {'quick' if req.quick else 'full'} grid")
-            throughput.run(chosen, timed, res, quick=req.quick, log=log, progress=progress)
+            log(f"throughput: {len(loaded)} implementations x {', '.join(timed)}, {'quick' if req.quick else 'full'} grid")
+            throughput.run(loaded, timed, res, quick=req.quick, log=log, progress=progress,
+                           isolate=req.isolate, timeout=req.timeout)
     except KeyboardInterrupt:
         res.close()
         log(f"interrupted: finished cells are saved; continue with --resume --out {out}")
         return Outcome(out, res, interrupted=True)
     mark_known(res.cells, known)
     res.data["known_failures"] = known
-    rows = implementation_rows(chosen, skipped, res.cells)
+    rows = implementation_rows(chosen, skipped, res.cells, res.rows)
     res.data["implementations"] = rows
     res.data["summary"] = summary(rows, res.cells, res.rows, canaries_expected=not req.impls)
     res.data["run"] |= {"finished": results.now(), "complete": True,
@@ -260,20 +266,27 @@ def _counts(cells) -> dict:
     return {k: counts.get(k, 0) for k in STATUSES}
 
 
-def implementation_rows(entries: list[registry.Entry], skipped: list[registry.Entry], cells: list[dict]) -> list[dict]:
-    """One row per implementation with its overall verdict: fail > error > pass."""
+def implementation_rows(entries: list[registry.Entry], skipped: list[registry.Entry], cells: list[dict],
+                        throughput: list[dict] = ()) -> list[dict]:
+    """One row per implementation with its overall verdict: fail > error > pass. A named
+    implementation that could not be loaded, or a throughput row that errs, is an error."""
     rows = []
     for e in entries + skipped:
         reason = e.unavailable()
         row = {"name": e.name, "origin": e.origin, "available": reason is None, "reason": reason}
         if e.impl is not None:
             row |= {k: v for k, v in e.impl.describe().items() if k not in ("name", "origin")}
+        elif e.extra.get("detail"):
+            row["detail"] = e.extra["detail"]
         row["counts"] = counts = _counts(c for c in cells if c["impl"] == e.name)
-        if reason is not None or e not in entries:
+        row["throughput_errors"] = sum(1 for t in throughput if t["impl"] == e.name and t.get("status") == "error")
+        if e in entries and e.impl is None:
+            row["verdict"] = "error"
+        elif reason is not None or e not in entries:
             row["verdict"] = "unavailable" if reason is not None else "skipped"
         elif counts["fail"]:
             row["verdict"] = "fail"
-        elif counts["error"]:
+        elif counts["error"] or row["throughput_errors"]:
             row["verdict"] = "error"
         else:
             row["verdict"] = "pass"

@@ -164,6 +164,12 @@ def _print_tables(data: dict, *, gate: bool) -> None:
             print(f"{c['status']:6s} {c['impl']:14s} {c['dtype']:9s} {c['kind']:9s} {c['scenario']:30s} {c['message'] or ''}"[:220])
         if len(bad) > 25:
             print(f"... and {len(bad) - 25} more failing cells (see the results file)")
+    errs = [r for r in data.get("throughput", []) if r.get("status") == "error"]
+    if errs:
+        print(f"\n{'status':6s} {'implementation':14s} {'dtype':9s} {'N x C':>14s} {'pass':17s} message")
+        for r in errs[:25]:
+            print(f"{'error':6s} {r['impl']:14s} {r['dtype']:9s} {r['N']:>6d} x {r['C']:<6d} {r['pass']:17s} "
+                  f"{r['message'] or ''}"[:220])
     rows = [r for r in data.get("throughput", []) if r.get("status") == "ok"]
     if rows:
         print(f"\n{'implementation':14s} {'dtype':9s} {'N x C':>14s} {'pass':17s} {'time':>10s} {'GB/s':>7s} {'of copy':>8s}")
@@ -177,8 +183,9 @@ def _print_tables(data: dict, *, gate: bool) -> None:
         extra = f" ({r['reason']})" if r.get("reason") else ""
         canary = " [canary]" if r.get("canary") else ""
         known = f", {c['known']} known failures" if c.get("known") else ""
+        timing = f", {r['throughput_errors']} throughput error" if r.get("throughput_errors") else ""
         print(f"{r['verdict'].upper():11s} {r['name']}{canary}: {c['pass']} pass, {c['fail']} fail, {c['error']} error, "
-              f"{c['unsupported']} unsupported{known}{extra}")
+              f"{c['unsupported']} unsupported{timing}{known}{extra}")
     s = data["summary"]
     print(f"\nverdict: {s['verdict'].upper()}" + (f" (failing: {', '.join(s['failing'])})" if s["failing"] else ""))
 

@@ -150,7 +150,7 @@ def settings(config: pytest.Config) -> Settings:
     chosen = specs(config)
     s.explicit = bool(chosen)
     try:
-        s.entries, s.skipped = registry.select(chosen, include_canaries=False)
+        s.entries, s.skipped = registry.select(chosen, include_canaries=False, isolate=False)
     except registry.ImplementationError as exc:  # its messages name the CLI's --impl option
         message = re.sub(r"(?<![\w-])--impl\b", "--xent-impl", str(exc))
         raise pytest.UsageError(f"xent-harness: {message}") from None

@@ -176,7 +176,8 @@ class FunctionImplementation(Implementation):
     """Adapts a plugin written against plain NumPy arrays: an object with
     ``loss(logits, target, *, weight, ignore_index, reduction, label_smoothing)`` and optionally
     ``grad(...)`` and ``loss_and_grad(...)`` (returning the pair) with the same arguments, or a
-    bare loss function."""
+    bare loss function. ``supports`` is either the features it accepts (a collection of
+    :data:`FEATURES`) or a method ``supports(problem)`` returning None or why not."""
 
     def __init__(self, obj, name: str, origin: str):
         self._obj = obj
@@ -188,14 +189,22 @@ class FunctionImplementation(Implementation):
         self.description = (inspect.getdoc(obj) or "").split("\n")[0]
         if getattr(obj, "dtypes", None) is not None:
             self.dtypes = frozenset(obj.dtypes)
-        if getattr(obj, "supports", None) is not None and not callable(obj.supports):
-            self.features = frozenset(obj.supports)
+        declared = getattr(obj, "supports", None)
+        self._supports = declared if callable(declared) else None  # supports(problem) -> reason
+        if declared is not None and not callable(declared):
+            self.features = frozenset(declared)
         if getattr(obj, "devices", None) is not None:
             self.devices = tuple(obj.devices)
 
     @property
     def has_grad(self) -> bool:
         return self._grad is not None
+
+    def supports(self, problem: Problem) -> str | None:
+        reason = super().supports(problem)
+        if reason is None and self._supports is not None:
+            reason = self._supports(problem)
+        return str(reason) if reason else None
 
     def _call(self, fn, problem: Problem) -> np.ndarray:
         return np.asarray(fn(problem.logits, problem.target, **problem.kwargs()))
@@ -219,6 +228,40 @@ class FunctionImplementation(Implementation):
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise TypeError(f"{self.name}.loss_and_grad must return a (loss, grad) pair, got {type(pair).__name__}")
         return np.asarray(pair[0]), np.asarray(pair[1])
+
+
+class Declared(Implementation):
+    """What the main process holds of an isolated plugin: the declarations its child reported
+    (:func:`harness.runner.describe`). It cannot compute; its calls go through
+    :class:`harness.runner.Runner`, whose child also applies the plugin's own ``supports()``."""
+
+    def __init__(self, described: dict):
+        self.name = described["name"]
+        self.description = described["description"]
+        self.origin = described["origin"]
+        self.dtypes = frozenset(described["dtypes"])
+        self.devices = tuple(described["devices"]) or ("cpu",)
+        self.features = frozenset(described["features"])
+        self.canary = bool(described["canary"])
+        self._grad = bool(described["grad"])
+        self._fused = bool(described["fused"])
+        self._available = described["available"]
+
+    @property
+    def has_grad(self) -> bool:
+        return self._grad
+
+    @property
+    def fused(self) -> bool:
+        return self._fused
+
+    def available(self) -> str | None:
+        return self._available
+
+    def _isolated(self, *_args, **_kwargs):
+        raise ImplementationError(f"{self.name} runs isolated: call it through harness.runner.Runner")
+
+    loss = grad = loss_and_grad = prepare = _isolated
 
 
 #: Built-in implementations: registry name -> "module:attr" (imported only when needed).
@@ -245,7 +288,7 @@ class Entry:
 
     def unavailable(self) -> str | None:
         if self.impl is None:
-            return self.error or "failed to load"
+            return self.error or "could not load"
         try:
             return self.impl.available()
         except Exception as exc:  # a plugin's available() must not crash the listing
@@ -289,60 +332,86 @@ def as_implementation(obj, name: str, origin: str) -> Implementation:
 
 
 def load_spec(spec: str) -> Implementation:
-    """Load ``MODULE:ATTR`` or ``path/to/file.py:ATTR``; raises ImplementationError."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise ImplementationError(
-            f"--impl: {spec!r} is neither a registered name nor MODULE:ATTR or FILE.py:ATTR"
-        )
+    """Load ``MODULE:ATTR`` or ``path/to/file.py:ATTR`` in this process (an isolated child
+    does this; the main process uses :func:`discover`); raises ImplementationError."""
+    check_spec(spec)
+    target, _, attr = spec.rpartition(":")
     try:
         if target.endswith(".py") or "/" in target or "\\" in target:
-            path = Path(target)
-            if not path.is_file():
-                raise ImplementationError(f"--impl: file {target!r} does not exist")
-            module = _load_file(path)
-            obj = module
+            obj = _load_file(Path(target))
             for part in attr.split("."):
                 obj = getattr(obj, part)
         else:
             obj = _import_attr(target, attr)
-    except ImplementationError:
-        raise
     except Exception as exc:
         raise ImplementationError(f"--impl {spec}: {type(exc).__name__}: {exc}") from None
-    default = attr.split(".")[-1]
-    return as_implementation(obj, default, spec)
+    return as_implementation(obj, attr.split(".")[-1], spec)
 
 
-def _builtin(name: str) -> Entry:
+def builtin(name: str) -> Entry:
+    """A built-in, imported here (they import their heavy library only when called)."""
     module, attr = BUILTINS[name].split(":")
     try:
         impl = as_implementation(_import_attr(module, attr), name, "builtin")
         impl.name = name
         return Entry(name, "builtin", impl)
     except Exception as exc:
-        return Entry(name, "builtin", error=f"failed to load: {type(exc).__name__}: {exc}")
+        return Entry(name, "builtin", error=f"could not load: {type(exc).__name__}: {exc}")
 
 
-def _entry_points() -> list[Entry]:
-    entries = []
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        origin = f"entry point {ep.name} ({ep.value})"
-        try:
-            impl = as_implementation(ep.load(), ep.name, origin)
-            entries.append(Entry(impl.name, origin, impl))
-        except Exception as exc:  # one broken plugin never crashes the host
-            entries.append(Entry(ep.name, origin, error=f"failed to load: {type(exc).__name__}: {exc}"))
-    return entries
+def _entry_point_list() -> list:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
-def discover(specs: Iterable[str] = ()) -> list[Entry]:
+def load_entry_point(name: str) -> Entry:
+    """The entry point ``name`` loaded in this process (what an isolated child does)."""
+    for ep in _entry_point_list():
+        if ep.name == name:
+            origin = f"entry point {ep.name} ({ep.value})"
+            try:
+                impl = as_implementation(ep.load(), ep.name, origin)
+                return Entry(impl.name, origin, impl, extra={"entry_point": ep.name})
+            except Exception as exc:
+                return Entry(ep.name, origin, error=f"could not load: {type(exc).__name__}: {exc}")
+    return Entry(name, "entry point", error=f"could not load: no entry point {name!r} in {ENTRY_POINT_GROUP}")
+
+
+def check_spec(spec: str) -> None:
+    """A spec's syntax, and that its file or top-level module exists, checked without importing
+    it (a typo is a usage error; what importing it does is the plugin's result)."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ImplementationError(
+            f"--impl: {spec!r} is neither a registered name nor MODULE:ATTR or FILE.py:ATTR"
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        if not Path(target).is_file():
+            raise ImplementationError(f"--impl: file {target!r} does not exist")
+    elif importlib.util.find_spec(target.split(".")[0]) is None:
+        raise ImplementationError(f"--impl: no module named {target.split('.')[0]!r} (for {spec})")
+
+
+def discover(specs: Iterable[str] = (), *, isolate: bool = True, timeout: float = 60.0) -> list[Entry]:
     """Every known implementation: built-ins, entry points, then ``--impl`` specs.
 
-    A spec that is a registered name is a no-op here (it selects, see :func:`select`); a spec
-    that fails to load raises ImplementationError, because the user asked for it explicitly.
+    Plugins (entry points and specs) are loaded and introspected in an isolated child
+    (:func:`harness.runner.probe`) unless ``isolate`` is False: whatever their import does
+    (exit, crash, hang past ``timeout``, raise) becomes that entry's one-line "could not load"
+    error, and the main process holds only their declarations (:class:`Declared`).
+    A spec that is a registered name is a no-op here (it selects, see :func:`select`); a
+    malformed spec, a missing file or module, a spec given twice or a name that is taken raise
+    ImplementationError (usage errors).
     """
-    entries = [_builtin(name) for name in BUILTINS] + _entry_points()
+    from harness import runner
+
+    def load(entry: Entry, in_process) -> Entry:
+        return runner.probe(entry, timeout) if isolate else in_process()
+
+    entries = [builtin(name) for name in BUILTINS]
+    for ep in _entry_point_list():
+        origin = f"entry point {ep.name} ({ep.value})"
+        entries.append(load(Entry(ep.name, origin, extra={"entry_point": ep.name}),
+                            lambda ep=ep: load_entry_point(ep.name)))
     known = {e.name: e.origin for e in entries}
     specs = list(specs)
     for spec in specs:
@@ -350,25 +419,32 @@ def discover(specs: Iterable[str] = ()) -> list[Entry]:
             raise ImplementationError(f"--impl {spec}: given {specs.count(spec)} times; name it once")
         if spec in known:
             continue
-        impl = load_spec(spec)
-        if impl.name in known:  # its cells would be recorded as the other one's
-            owner = known[impl.name]
+        check_spec(spec)
+        entry = load(Entry(spec, spec, extra={"spec": spec}),
+                     lambda spec=spec: Entry(spec, spec, load_spec(spec), extra={"spec": spec}))
+        if entry.impl is not None:
+            entry.name = entry.impl.name
+        if entry.name in known:  # its cells would be recorded as the other one's
+            owner = known[entry.name]
             owner = "a built-in" if owner == "builtin" else owner
-            raise ImplementationError(f"--impl {spec}: the name {impl.name!r} is taken (by {owner}); "
+            raise ImplementationError(f"--impl {spec}: the name {entry.name!r} is taken (by {owner}); "
                                       f"give the plugin another `name` attribute")
-        entries.append(Entry(impl.name, spec, impl, extra={"spec": spec}))
-        known[impl.name] = spec
+        entries.append(entry)
+        known[entry.name] = spec
     return entries
 
 
-def select(specs: Iterable[str] = (), *, include_canaries: bool = True) -> tuple[list[Entry], list[Entry]]:
+def select(specs: Iterable[str] = (), *, include_canaries: bool = True, isolate: bool = True,
+           timeout: float = 60.0) -> tuple[list[Entry], list[Entry]]:
     """The implementations to run: (explicitly requested or all, skipped-with-reason).
 
     With no specs every available implementation is used and unavailable ones are returned as
-    skipped. Naming one that is unavailable or unknown raises ImplementationError.
+    skipped. Naming one that is unavailable or unknown raises ImplementationError; one named
+    that could not be loaded is chosen all the same, without an implementation: its result is
+    that failure (a failing verdict), and the others run.
     """
     specs = list(specs)
-    entries = discover(specs)
+    entries = discover(specs, isolate=isolate, timeout=timeout)
     by_name = {e.name: e for e in entries}
     if specs:
         chosen = []
@@ -379,7 +455,7 @@ def select(specs: Iterable[str] = (), *, include_canaries: bool = True) -> tuple
                     f"--impl: unknown implementation {spec!r}; known: {', '.join(by_name)}"
                 )
             reason = entry.unavailable()
-            if reason:
+            if reason and entry.impl is not None:
                 raise ImplementationError(f"--impl {spec}: unavailable: {reason}")
             chosen.append(entry)
         return chosen, []
@@ -394,6 +470,7 @@ def select(specs: Iterable[str] = (), *, include_canaries: bool = True) -> tuple
 
 def get(name_or_spec: str) -> Implementation:
     """One implementation by registry name or spec; ImplementationError if unusable."""
-    chosen, _ = select([name_or_spec])
-    assert chosen[0].impl is not None
+    chosen, _ = select([name_or_spec], isolate=False)
+    if chosen[0].impl is None:
+        raise ImplementationError(chosen[0].error or f"{name_or_spec}: could not load")
     return chosen[0].impl

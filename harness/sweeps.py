@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from harness import registry, scenarios, verdicts, vocabulary
 from harness.cache import ReferenceCache, is_large
 from harness.results import Results
-from harness.runner import CallFailed, Runner
+from harness.runner import CallFailed, Runner, Unsupported, isolated
 
 KINDS = vocabulary.KINDS
 #: Bytes of implementation gradients held for one blockwise reference pass (large problems).
@@ -41,7 +41,7 @@ class Plan:
     budgets: dict
     kinds: tuple[str, ...] = KINDS
     workers: int | None = None
-    isolate: bool | None = None  # None: isolate --impl plugins only
+    isolate: bool | None = None  # None: isolate plugins only (runner.isolated)
     timeout: float = 60.0
     cache: ReferenceCache = field(default_factory=ReferenceCache)
 
@@ -53,9 +53,33 @@ def _pairs(plan: Plan):
                 yield s, d
 
 
-def _cell(kind, impl, dtype, scenario, status, message=None, metrics=None, budget=None, seconds=None):
-    return {"kind": kind, "impl": impl, "dtype": dtype, "scenario": scenario, "status": status,
+def _cell(kind, impl, dtype, scenario, status, message=None, metrics=None, budget=None, seconds=None,
+          detail=None):
+    cell = {"kind": kind, "impl": impl, "dtype": dtype, "scenario": scenario, "status": status,
             "message": message, "metrics": metrics, "budget": budget, "seconds": seconds}
+    if detail:  # an error's bounded traceback, or what an isolated plugin printed
+        cell["detail"] = detail
+    return cell
+
+
+_make_cell = _cell
+
+
+class _Failure(str):
+    """An error message (one line, what the console shows) with its bounded ``detail``."""
+
+    detail: str | None = None
+
+    @classmethod
+    def of(cls, exc: Exception) -> _Failure:
+        failure = cls(str(exc))
+        failure.detail = getattr(exc, "detail", None)
+        return failure
+
+
+def _detail(errors: dict, ops) -> str | None:
+    parts = [f"{op}: {errors[op].detail}" for op in ops if getattr(errors.get(op), "detail", None)]
+    return "\n".join(parts) or None
 
 
 def run(plan: Plan, results: Results, *, log: Callable[[str], None] = print, progress=None) -> None:
@@ -95,7 +119,7 @@ def _run_small(plan, results, todo_pairs, wanted, log, bar):
         future = pool.submit(plan.cache.get_many, [problems[k] for k in keys], workers=plan.workers, log=log)
         computed = {}
         for entry in plan.entries:
-            runner = Runner(entry, isolate=_isolate(plan, entry), timeout=plan.timeout)
+            runner = Runner(entry, isolate=isolated(entry, plan.isolate), timeout=plan.timeout)
             try:
                 for s, d in todo_pairs:
                     computed[entry.name, s.name, d] = _compute(results, runner, entry, s, d, problems[s.name, d], wanted)
@@ -111,10 +135,6 @@ def _run_small(plan, results, todo_pairs, wanted, log, bar):
                     computed[entry.name, s.name, d])
             if bar:
                 bar.update(1)
-
-
-def _isolate(plan, entry) -> bool:
-    return plan.isolate if plan.isolate is not None else ("spec" in entry.extra)
 
 
 def _call(runner, impl, problem, need) -> tuple[dict, dict, dict]:
@@ -134,17 +154,17 @@ def _call(runner, impl, problem, need) -> tuple[dict, dict, dict]:
             ys = runner.call("loss_and_grad", problem)
         except CallFailed as exc:
             ys = None
-            errors["loss"] = errors["grad"] = str(exc)
+            errors["loss"] = errors["grad"] = _Failure.of(exc)
         timings["loss"] = timings["grad"] = time.perf_counter() - t0
         if ys is not None:
             if not (isinstance(ys, tuple) and len(ys) == 2):
-                errors["loss"] = errors["grad"] = "loss_and_grad did not return a (loss, grad) pair"
+                errors["loss"] = errors["grad"] = _Failure("loss_and_grad did not return a (loss, grad) pair")
                 return outputs, errors, timings
             for op, y in zip(ops, ys, strict=True):
                 try:
                     outputs[op] = verdicts.check_output(problem, y, op)
                 except ValueError as exc:
-                    errors[op] = str(exc)
+                    errors[op] = _Failure(str(exc))
         return outputs, errors, timings
     for op in ops:
         t0 = time.perf_counter()
@@ -152,7 +172,7 @@ def _call(runner, impl, problem, need) -> tuple[dict, dict, dict]:
             y = runner.call(op, problem)
             outputs[op] = verdicts.check_output(problem, y, op)
         except (CallFailed, ValueError) as exc:
-            errors[op] = str(exc)
+            errors[op] = _Failure.of(exc)
         timings[op] = time.perf_counter() - t0
     return outputs, errors, timings
 
@@ -166,16 +186,28 @@ def _compute(results, runner, entry, s, d, problem, wanted):
     reason = entry.impl.supports(problem)
     if reason:
         return need, reason, {}, {}, {}
-    return (need, None, *_call(runner, entry.impl, problem, need))
+    try:
+        outputs, errors, timings = _call(runner, entry.impl, problem, need)
+    except Unsupported as exc:  # an isolated plugin's own supports(), asked in its child
+        return need, str(exc), {}, {}, {}
+    return need, None, outputs, errors, timings, runner.take_output()
 
 
 def _record(plan, results, entry, s, d, problem, exact, computed):
     """Judge what :func:`_compute` got against the reference and add the cells."""
     if computed is None:
         return
-    need, reason, outputs, errors, timings = computed
+    need, reason, outputs, errors, timings, *printed = computed
     impl = entry.impl
     name = entry.name
+    printed = printed[0] if printed else None
+
+    def _cell(*args, **kwargs):  # what an isolated plugin printed goes with every cell it made
+        cell = _make_cell(*args, **kwargs)
+        if printed and "detail" not in cell:
+            cell["detail"] = printed
+        return cell
+
     if reason:
         for k in need:
             if k != "special" or _has_special(exact):
@@ -194,7 +226,8 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
                 continue
             failed = [f"{o}: {errors[o]}" for o in ("loss", "grad") if o in errors]
             if failed:
-                results.add_cell(_cell(k, name, d, s.name, "error", "; ".join(failed)))
+                results.add_cell(_cell(k, name, d, s.name, "error", "; ".join(failed),
+                                       detail=_detail(errors, ("loss", "grad"))))
                 continue
             judged = verdicts.judge_special(problem, outputs, exact)
             if judged is not None:
@@ -202,7 +235,8 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
                 results.add_cell(_cell(k, name, d, s.name, status, message, metrics))
             continue
         if op in errors:
-            results.add_cell(_cell(k, name, d, s.name, "error", errors[op], seconds=timings.get(op)))
+            results.add_cell(_cell(k, name, d, s.name, "error", str(errors[op]), seconds=timings.get(op),
+                                   detail=errors[op].detail))
             continue
         hi, lo = exact.pair(op)
         budget = vocabulary.budget_of(plan.budgets, d, vocabulary.quantity(k))
@@ -334,8 +368,11 @@ def _large_pair(plan, results, runners, s, d, problem, wanted, log, bar):
             if held and sum(it.outputs["grad"].nbytes for it in held) + problem.logits.nbytes > HOLD_BYTES:
                 flush()  # the next gradient would not fit beside the held ones
             if entry.name not in runners:
-                runners[entry.name] = Runner(entry, isolate=_isolate(plan, entry), timeout=plan.timeout)
-            item.outputs, item.errors, item.timings = _call(runners[entry.name], entry.impl, problem, need)
+                runners[entry.name] = Runner(entry, isolate=isolated(entry, plan.isolate), timeout=plan.timeout)
+            try:
+                item.outputs, item.errors, item.timings = _call(runners[entry.name], entry.impl, problem, need)
+            except Unsupported as exc:
+                item.reason = str(exc)
         if item.wants_pass(ref):
             held.append(item)
         else:
@@ -377,7 +414,8 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
                 continue
             failed = [f"{o}: {it.errors[o]}" for o in ("loss", "grad") if o in it.errors]
             if failed:
-                results.add_cell(_cell(k, name, d, s.name, "error", "; ".join(failed)))
+                results.add_cell(_cell(k, name, d, s.name, "error", "; ".join(failed),
+                                       detail=_detail(it.errors, ("loss", "grad"))))
                 continue
             exact = ref.loss()
             judged = blockwise.judge_special(problem, it.outputs, exact.loss_hi, exact.loss_lo, it.judge)
@@ -386,7 +424,8 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
                 results.add_cell(_cell(k, name, d, s.name, status, message, metrics))
             continue
         if op in it.errors:
-            results.add_cell(_cell(k, name, d, s.name, "error", it.errors[op], seconds=it.timings.get(op)))
+            results.add_cell(_cell(k, name, d, s.name, "error", str(it.errors[op]), seconds=it.timings.get(op),
+                                   detail=it.errors[op].detail))
             continue
         budget = vocabulary.budget_of(plan.budgets, d, vocabulary.quantity(k))
         if op == "loss":

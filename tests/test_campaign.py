@@ -124,6 +124,7 @@ def test_a_device_implementations_info_reaches_the_provenance(tmp_path, monkeypa
             return self._obj.device_info()
 
     monkeypatch.setattr(registry, "load_spec", lambda spec: Impl(_FakeGPU(), "fake-gpu", spec))
+    monkeypatch.setattr(registry, "check_spec", lambda spec: None)
     done = campaign.run(_req(tmp_path, impls=["x:y"], kinds=("accuracy",), isolate=False), log=lambda m: None)
     assert done.data["provenance"]["gpu"] == {"name": "Fake H200", "memory_bytes": 1 << 37}
     assert registry.Implementation().device_info() is None and registry.Implementation().peak_memory(lambda: 0) is None

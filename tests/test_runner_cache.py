@@ -34,7 +34,7 @@ def test_in_process_failures_are_one_line():
 
 @pytest.mark.parametrize("isolate", [False, True])
 def test_the_fused_call_returns_a_pair_in_process_and_isolated(isolate):
-    entry = registry.select([f"{FAULTY}:Correct"])[0][0]
+    entry = registry.select([f"{FAULTY}:Correct"], isolate=isolate)[0][0]
     runner = Runner(entry, isolate=isolate, timeout=60)
     try:
         loss, grad = runner.call("loss_and_grad", _problem())

@@ -64,13 +64,14 @@ def render_markdown(results: dict, baseline: dict | None = None, *, top: int = 5
         f"`{str(run.run.get('command') or 'xent-harness').replace('`', '')}` · {total:,} cells: "
         f"{counts['pass']:,} pass, {counts['fail']:,} fail, {counts['error']:,} error"
         f"{known_part}, {counts['unsupported']:,} not supported"
+        + (f", {run.throughput_errors():,} throughput errors" if run.throughput_errors() else "")
         + ("" if run.run.get("complete", True) else " · **incomplete run**"),
         "",
         "| implementation | verdict | pass | fail | error | known | not supported |",
         "|---|---|--:|--:|--:|--:|--:|",
     ]
     for i in run.impls:
-        v = i["verdict"] if i["available"] else "unavailable"
+        v = i["verdict"] if i["available"] or i["verdict"] == "error" else "unavailable"
         badge = _MD_BADGE.get(v, v)
         c = i["counts"]
         if not i["available"]:

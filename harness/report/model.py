@@ -111,6 +111,7 @@ class _Run:
             "family": str(s.get("family") or scen.rsplit("-", 1)[0] or "?"),
             "axis": axis,
             "seconds": _num(c.get("seconds")),
+            "detail": None if not c.get("detail") else str(c.get("detail")),
         }
         if c.get("known") and out["status"] in ("fail", "error"):
             out["known"] = str(c["known"]) if c["known"] is not True else "known failure"
@@ -151,6 +152,10 @@ class _Run:
         bad = any(c["status"] in ("fail", "error") and not c["known"]
                   and not self.is_canary(c["impl"]) for c in self.cells)
         return "fail" if bad else "pass"
+
+    def throughput_errors(self) -> int:
+        """Throughput rows that erred (they fail the run like error cells)."""
+        return sum(1 for t in self.throughput if t.get("status") == "error")
 
     def counts(self) -> dict[str, int]:
         """Cells per status; known failures and errors under "known" only."""

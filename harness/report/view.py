@@ -291,6 +291,7 @@ def _details_data(run: _Run, dtypes: list[str]) -> dict:
     # failures and errors (documented in [[tool.xent-harness.known-failures]], not gating)
     statuses = [*STATUSES, "pass (scaled)", "fail (known)", "error (known)"]
     msgs: dict[str, int] = {}
+    details: dict[str, int] = {}
     budgets: dict[str, int] = {}
     rows = []
     for c in run.cells:
@@ -314,6 +315,7 @@ def _details_data(run: _Run, dtypes: list[str]) -> dict:
             _jnum(m.get("ulp_p99")), _jnum(m.get("scaled_max")), _jnum(m.get("rel_max")),
             _jnum(m.get("normwise")), budgets.setdefault(btext, len(budgets)), mi,
             _jnum(outside), _jnum(m.get("count")) if m else None, ki,
+            -1 if not c["detail"] else details.setdefault(c["detail"], len(details)),
         ])
     # worst first: failures, errors, known failures, passes above the ULP budget, passes,
     # not supported
@@ -327,7 +329,7 @@ def _details_data(run: _Run, dtypes: list[str]) -> dict:
         "scenFamily": [fam_ix.get(str(run.scenarios.get(s, {}).get("family")), -1)
                        if s in run.scenarios else -1 for s in scen_names],
         "families": run.families, "kinds": kinds, "statuses": statuses,
-        "messages": list(msgs), "budgets": list(budgets), "rows": rows,
+        "messages": list(msgs), "details": list(details), "budgets": list(budgets), "rows": rows,
     }
     # families of scenarios only seen in cells
     for c in run.cells:
@@ -485,14 +487,14 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
         "command": str(run.run.get("command") or "–"),
         "complete": bool(run.run.get("complete", True)),
         **_headline(run, impls, counts),
-        "counts": counts, "total": sum(counts.values()),
+        "counts": counts, "total": sum(counts.values()), "throughput_errors": run.throughput_errors(),
         "known_rows": _known_rows(run),
         "n_impls": len(impls), "n_all_impls": len(run.impls), "n_scenarios": len(run.scenarios),
         "dtypes": dtypes, "dtype_short": [DTYPE_SHORT.get(d, d) for d in dtypes],
         "impl_rows": _impl_rows(run),
         "matrix_impls": [{"name": i["name"], "color": run.color[i["name"]],
                           "canary": i["canary"], "slug": _slug(i["name"])} for i in impls],
-        "unavailable": [{"name": i["name"], "verdict": i["verdict"] if i["available"]
+        "unavailable": [{"name": i["name"], "verdict": i["verdict"] if i["available"] or i["verdict"] == "error"
                          else "unavailable", "reason": str(i.get("reason") or (
                              "canary, left out of this gate" if i["canary"] else "not run"))}
                         for i in unavailable],
