@@ -13,8 +13,8 @@ the gradient has inf/NaN anywhere (it decides whether a special-value cell exist
 
 from __future__ import annotations
 
+import hashlib
 import os
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,57 +47,125 @@ def default_dir() -> Path:
     return base / "xent-harness"
 
 
+def checksum(key: str, arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over an entry's key (problem digest, reference version, kind) and every array's
+    name, dtype, shape and bytes: an entry copied under another problem's name, edited, cut
+    short or written by another reference version does not match. (It detects accidents and
+    naive tampering; anyone who can write the cache can also recompute a checksum.)"""
+    h = hashlib.sha256(key.encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 class ReferenceCache:
+    """References on disk, each entry checked against its checksum when read.
+
+    A missing, unreadable or mismatching entry is recomputed (``rejected`` counts the latter two,
+    reported once per run by :meth:`get_many`); a cache that cannot be written (read-only,
+    ``XENT_CACHE`` naming a file, a full disk) is left alone: the run computes without caching,
+    with one warning (``unwritable``)."""
+
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory or default_dir()) / f"reference-v{reference.VERSION}"
+        self.rejected: list[str] = []
+        self.unwritable: str | None = None
+        self._reported = False
 
     def _path(self, problem: Problem, suffix: str = ".npz") -> Path:
         d = problem.digest  # streamed: no full-size copy, cached on the problem
         return self.directory / d[:2] / f"{d}{suffix}"
 
-    def load(self, problem: Problem) -> reference.Exact | None:
-        path = self._path(problem)
+    def _key(self, problem: Problem, suffix: str) -> str:
+        return f"{problem.digest}:reference-v{reference.VERSION}:{suffix}"
+
+    def _read(self, problem: Problem, suffix: str) -> dict | None:
+        path = self._path(problem, suffix)
+        if not path.exists():
+            return None
         try:
             with np.load(path) as z:
-                return reference.Exact(z["loss_hi"], z["loss_lo"], z["grad_hi"], z["grad_lo"], bits=int(z["bits"]),
-                                       unresolved=int(z["unresolved"]))
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-            return None  # missing or unreadable (e.g. cut by a kill): recompute
+                if "checksum" not in z.files:
+                    self.rejected.append(f"{path.name}: no checksum (written by an older harness)")
+                    return None
+                arrays = {k: z[k] for k in z.files if k != "checksum"}
+                stored = str(z["checksum"])
+        except Exception:  # cut by a kill, not a zip, no checksum, unreadable: recompute
+            self.rejected.append(f"{path.name}: unreadable")
+            return None
+        if stored != checksum(self._key(problem, suffix), arrays):
+            self.rejected.append(f"{path.name}: checksum mismatch")
+            return None
+        return arrays
+
+    def _write(self, problem: Problem, suffix: str, arrays: dict) -> None:
+        if self.unwritable:
+            return
+        path = self._path(problem, suffix)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays, checksum=checksum(self._key(problem, suffix), arrays))
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.unwritable = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+    def report(self, log: Callable[[str], None] | None) -> None:
+        """Say once what the cache could not do (rejected entries, not writable)."""
+        if log is None or self._reported or not (self.rejected or self.unwritable):
+            return
+        self._reported = True
+        if self.rejected:
+            log(f"reference cache: {len(self.rejected)} entries failed their check and were recomputed "
+                f"(first: {self.rejected[0]})")
+        if self.unwritable:
+            log(f"warning: reference cache {self.directory} is not writable ({self.unwritable}); "
+                "computing without caching")
+
+    def load(self, problem: Problem) -> reference.Exact | None:
+        z = self._read(problem, ".npz")
+        if z is None:
+            return None
+        try:
+            return reference.Exact(z["loss_hi"], z["loss_lo"], z["grad_hi"], z["grad_lo"], bits=int(z["bits"]),
+                                   unresolved=int(z["unresolved"]))
+        except KeyError:
+            return None
 
     def store(self, problem: Problem, ex: reference.Exact) -> None:
         if is_large(problem):
             self.store_loss(problem, ex)
             return
-        path = self._path(problem)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, loss_hi=ex.loss_hi, loss_lo=ex.loss_lo, grad_hi=ex.grad_hi,
-                                grad_lo=ex.grad_lo, bits=ex.bits, unresolved=ex.unresolved)
-        os.replace(tmp, path)
+        self._write(problem, ".npz", {"loss_hi": ex.loss_hi, "loss_lo": ex.loss_lo, "grad_hi": ex.grad_hi,
+                                      "grad_lo": ex.grad_lo, "bits": np.asarray(ex.bits),
+                                      "unresolved": np.asarray(ex.unresolved)})
 
     # -- large problems: the loss only ---------------------------------------------------------------
     def load_loss(self, problem: Problem) -> tuple[reference.Exact, bool | None] | None:
         """(the loss as an Exact without gradient, whether the gradient has inf/NaN: None when
         not known yet), or None when not cached."""
+        z = self._read(problem, ".loss.npz")
+        if z is None:
+            return None
         try:
-            with np.load(self._path(problem, ".loss.npz")) as z:
-                ex = reference.Exact(z["loss_hi"], z["loss_lo"], bits=int(z["bits"]),
-                                     unresolved=int(z["unresolved"]))
-                flag = int(z["grad_nonfinite"])
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            ex = reference.Exact(z["loss_hi"], z["loss_lo"], bits=int(z["bits"]), unresolved=int(z["unresolved"]))
+            flag = int(z["grad_nonfinite"])
+        except KeyError:
             return None
         return ex, (None if flag < 0 else bool(flag))
 
     def store_loss(self, problem: Problem, ex: reference.Exact, grad_nonfinite: bool | None = None) -> None:
-        path = self._path(problem, ".loss.npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         flag = -1 if grad_nonfinite is None else int(grad_nonfinite)
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, loss_hi=ex.loss_hi, loss_lo=ex.loss_lo, bits=ex.bits,
-                                unresolved=ex.unresolved, grad_nonfinite=flag)
-        os.replace(tmp, path)
+        self._write(problem, ".loss.npz", {"loss_hi": ex.loss_hi, "loss_lo": ex.loss_lo, "bits": np.asarray(ex.bits),
+                                           "unresolved": np.asarray(ex.unresolved),
+                                           "grad_nonfinite": np.asarray(flag)})
 
     def loss(self, problem: Problem, *, workers: int | None = None) -> reference.Exact:
         """The loss of a (large) problem, from the cache or computed in row blocks without the
@@ -135,4 +203,5 @@ class ReferenceCache:
         for i, ex in zip(small, reference.evaluate_many([problems[i] for i in small], workers=workers)):
             out[i] = ex
             self.store(problems[i], ex)
+        self.report(log)
         return out  # type: ignore[return-value]

@@ -99,6 +99,7 @@ def run(plan: Plan, results: Results, *, log: Callable[[str], None] = print, pro
             _run_small(plan, results, small, wanted, log, bar)
         if large:
             _run_large(plan, results, large, wanted, log, bar)
+        plan.cache.report(log)
     finally:
         if bar:
             bar.close()

@@ -105,3 +105,51 @@ def test_the_timeout_covers_starting_the_child():
     finally:
         runner.close()
     assert time.monotonic() - t0 < 20
+
+
+def _tampered_copy(cache, p, q):
+    """q's entry replaced by p's file: a valid archive with a valid-looking, wrong reference."""
+    cache.store(p, reference.evaluate(p, workers=1))
+    cache._path(q).parent.mkdir(parents=True, exist_ok=True)
+    cache._path(q).write_bytes(cache._path(p).read_bytes())
+
+
+def test_a_tampered_or_foreign_entry_fails_its_checksum_and_is_recomputed(tmp_path):
+    cache = ReferenceCache(tmp_path)
+    p = _problem()
+    q = Problem(p.logits * 2, p.target)
+    _tampered_copy(cache, p, q)  # another problem's reference under q's name
+    assert cache.load(q) is None and "checksum mismatch" in cache.rejected[-1]
+    # an edited value (the archive rewritten with a changed loss, the old checksum kept)
+    with np.load(cache._path(p)) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["loss_hi"] = arrays["loss_hi"] + 1e-3
+    with open(cache._path(p), "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    assert cache.load(p) is None and "checksum mismatch" in cache.rejected[-1]
+    # recomputed by get_many, reported once, and stored again with a good checksum
+    logs = []
+    out = cache.get_many([p, q], workers=1, log=logs.append)
+    assert np.array_equal(out[1].loss_hi, reference.evaluate(q, workers=1).loss_hi)
+    assert sum("failed their check" in m for m in logs) == 1
+    assert cache.load(p) is not None and cache.load(q) is not None
+
+
+@pytest.mark.parametrize("make", ["read-only", "a file"])
+def test_an_unwritable_cache_computes_without_caching_with_one_warning(tmp_path, make):
+    import os
+
+    if make == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes through a read-only mode; the 'a file' case covers the fallback")
+        tmp_path.chmod(0o500)
+        cache = ReferenceCache(tmp_path)
+    else:
+        (tmp_path / "cache").write_text("not a directory")
+        cache = ReferenceCache(tmp_path / "cache")
+    logs = []
+    ps = [_problem(), Problem(np.array([[0.0, 1.0]]), np.array([1]))]
+    out = cache.get_many(ps, workers=1, log=logs.append)
+    assert all(o is not None for o in out)
+    assert sum("not writable" in m for m in logs) == 1 and cache.unwritable
+    assert not list(tmp_path.rglob("*.tmp"))
