@@ -128,6 +128,37 @@ def _check_numbers(req: Request, log: Callable[[str], None]) -> int | None:
     return w
 
 
+#: What a resumed run must repeat: the request field and the option that sets it.
+_RESUMED_FIELDS = {"kinds": "the command", "impls": "--impl", "dtypes": "--dtype", "scenarios": "--scenario",
+                   "quick": "--quick", "include_large": "--include-large"}
+
+
+def _asked(req: Request, dtypes: list[str]) -> dict:
+    return {"kinds": list(req.kinds), "impls": list(req.impls), "dtypes": list(dtypes),
+            "scenarios": list(req.scenarios) if req.scenarios else None, "quick": bool(req.quick),
+            "include_large": bool(req.include_large)}
+
+
+def _same_request(before: dict | None, now: dict, out: Path) -> None:
+    """A resumed run continues the same command: other implementations, dtypes, scenarios or
+    kinds would make results.json describe a command that did not produce it."""
+    if not isinstance(before, dict):
+        return  # a run written before requests were recorded: nothing to compare
+    differ = [f"{flag} ({_shown(before.get(k))} then, {_shown(now[k])} now)"
+              for k, flag in _RESUMED_FIELDS.items() if before.get(k) != now[k]]
+    if differ:
+        raise CampaignError(f"--resume: {out} was started with other arguments: {'; '.join(differ)}; "
+                            "repeat them, or start a new run")
+
+
+def _shown(v) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if not v:
+        return "none"
+    return " ".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
 def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> Outcome:
     """Run the campaign; see the module docstring."""
     from harness import budgets as budgets_mod
@@ -174,10 +205,16 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
 
     out = out_dir(req)
     argv = list(sys.argv[1:]) if req.argv is None else list(req.argv)
+    asked = _asked(req, dtypes)
     meta = {"id": out.name, "command": results.argv_command(argv), "argv": argv, "started": results.now(),
             "finished": None, "complete": False, "kinds": list(req.kinds), "quick": req.quick,
-            "dtypes": dtypes, "scenario_patterns": req.scenarios}
-    res = results.Results.open(out, meta, resume=req.resume)
+            "dtypes": dtypes, "scenario_patterns": req.scenarios, "request": asked}
+    try:
+        res = results.Results.open(out, meta, resume=req.resume)
+    except ValueError as exc:
+        raise CampaignError(str(exc)) from None
+    if req.resume:
+        _same_request(res.data["run"].get("request"), asked, out)
     res.data["provenance"] = results.provenance(gpu=_gpu_info(chosen), threads=registry.default_threads())
     res.data["budgets"], res.data["budgets_source"] = budget_table, budget_source
     res.data["scenarios"] = [scenarios.describe(s) for s in picked]

@@ -145,29 +145,41 @@ class Results:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / RESULTS
         if resume and (path.exists() or (directory / JOURNAL).exists()):
-            data = load(path) if path.exists() else {}
+            journal = list(_read_journal(directory / JOURNAL))
+            if path.exists():
+                data = load(path)
+            else:  # killed before the first rewrite: the journal's first line holds the run
+                first = next((e["run"] for e in journal if e.get("type") == "run" and isinstance(e.get("run"), dict)), None)
+                if first is None:
+                    raise ValueError(f"--resume: {directory} has no {RESULTS} and its journal does not say which "
+                                     "run it was; start again with --force")
+                data = _skeleton(first)
             data.setdefault("cells", [])
             data.setdefault("throughput", [])
             self = cls(directory, data, **kw)
-            for entry in _read_journal(directory / JOURNAL):
-                if entry.get("type") == "cell":
-                    key = cell_key(entry["cell"])
-                    self._cells[key] = self._clean["cell", key] = entry["cell"]
-                elif entry.get("type") == "not_applicable":
-                    self._absent.add(tuple(entry["key"]))
-                elif entry.get("type") == "throughput":
-                    key = throughput_key(entry["row"])
-                    self._rows[key] = self._clean["row", key] = entry["row"]
+            for entry in journal:
+                try:
+                    if entry.get("type") == "cell":
+                        key = cell_key(entry["cell"])
+                        self._cells[key] = self._clean["cell", key] = entry["cell"]
+                    elif entry.get("type") == "not_applicable":
+                        self._absent.add(tuple(entry["key"]))
+                    elif entry.get("type") == "throughput":
+                        key = throughput_key(entry["row"])
+                        self._rows[key] = self._clean["row", key] = entry["row"]
+                except (KeyError, TypeError, AttributeError):
+                    continue  # a line without its keys: like a cut line, that cell is redone
             self.data["run"]["resumed"] = self.data["run"].get("resumed", 0) + 1
             self.data["run"]["finished"] = None
             self.data["run"]["complete"] = False
             return self
         for stale in (path, directory / JOURNAL):
             stale.unlink(missing_ok=True)
-        data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run": run, "provenance": {},
-                "budgets": {}, "budgets_source": None, "implementations": [], "scenarios": [],
-                "cells": [], "throughput": [], "copy": [], "summary": None}
-        return cls(directory, data, **kw)
+        self = cls(directory, _skeleton(run), **kw)
+        self._journal = open(directory / JOURNAL, "a", encoding="utf-8")
+        self._journal.write(json.dumps({"type": "run", "run": _clean(run)}, allow_nan=False) + "\n")
+        self._journal.flush()  # so a resume can start from the journal alone
+        return self
 
     @property
     def path(self) -> Path:
@@ -250,15 +262,23 @@ class Results:
             self._journal = None
 
 
+def _skeleton(run: dict) -> dict:
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run": run, "provenance": {},
+            "budgets": {}, "budgets_source": None, "implementations": [], "scenarios": [],
+            "cells": [], "throughput": [], "copy": [], "summary": None}
+
+
 def _read_journal(path: Path):
     if not path.exists():
         return
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             try:
-                yield json.loads(line)
+                entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill: that cell is simply redone
+            if isinstance(entry, dict):
+                yield entry
 
 
 def load(path: str | Path) -> dict:
@@ -272,9 +292,16 @@ def load(path: str | Path) -> dict:
         raise ValueError(f"results: {path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"results: {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"results: {path} is not text (a binary file?); name a results.json") from None
+    except OSError as exc:
+        raise ValueError(f"results: cannot read {path} ({exc.strerror or exc})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ValueError(f"results: {path} is not an xent-harness results file")
-    if data.get("schema_version", 0) > SCHEMA_VERSION:
+    version = data.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"results: {path} has schema_version {version!r}; expected an integer (this harness writes {SCHEMA_VERSION})")
+    if version > SCHEMA_VERSION:
         raise ValueError(f"results: {path} has schema_version {data['schema_version']}; upgrade xent-harness")
     return data
 

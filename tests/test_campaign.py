@@ -181,3 +181,35 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, mon
     outs = [campaign.out_dir(req) for _ in range(3)]
     assert [o.name for o in outs] == ["20261202T000000Z", "20261202T000000Z-2", "20261202T000000Z-3"]
     assert all(o.is_dir() for o in outs)
+
+
+@pytest.mark.parametrize("change, flag", [
+    ({"dtypes": ["float64"]}, "--dtype (float32 then, float64 now)"),
+    ({"scenarios": ["scale-100"]}, "--scenario (scale-1 then, scale-100 now)"),
+    ({"impls": ["torch"]}, "--impl (numpy then, torch now)"),
+    ({"kinds": ("accuracy",)}, "the command"),
+    ({"include_large": True}, "--include-large (off then, on now)"),
+])
+def test_resume_with_other_arguments_is_refused_naming_them(tmp_path, change, flag):
+    first = campaign.run(_req(tmp_path), log=lambda m: None)
+    before = (first.out / "results.json").read_text()
+    with pytest.raises(campaign.CampaignError, match=r"--resume: .* was started with other arguments: ") as exc:
+        campaign.run(_req(tmp_path, resume=True, **change), log=lambda m: None)
+    assert flag in str(exc.value) and "\n" not in str(exc.value)
+    assert (first.out / "results.json").read_text() == before  # untouched
+
+
+def test_resume_from_the_journal_alone_and_past_malformed_lines(tmp_path):
+    """Killed before the first rewrite of results.json: the journal's first line holds the run;
+    a line without its keys is redone, never a traceback."""
+    first = campaign.run(_req(tmp_path), log=lambda m: None)
+    cells = {(c["kind"], c["scenario"]) for c in first.data["cells"]}
+    (first.out / "results.json").unlink()
+    with open(first.out / "cells.jsonl", "a") as fh:
+        fh.write('{"type": "cell", "cell": {"kind": "accuracy"}}\n[1, 2]\n{"type": "throughput", "row": 5}\n')
+    again = campaign.run(_req(tmp_path, resume=True), log=lambda m: None)
+    assert again.verdict == "pass" and {(c["kind"], c["scenario"]) for c in again.data["cells"]} == cells
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "cells.jsonl").write_text('{"type": "cell"}\n')
+    with pytest.raises(campaign.CampaignError, match="journal does not say which run"):
+        campaign.run(_req(tmp_path, out=tmp_path / "bare", resume=True), log=lambda m: None)

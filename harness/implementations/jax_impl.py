@@ -191,7 +191,9 @@ class _Jax(Implementation):
         return x, t, w, problem.ignore_index, problem.label_smoothing
 
     # The sweeps call loss_and_grad: one jitted jax.value_and_grad (what a training step runs),
-    # so each problem costs one compilation. loss() alone uses the forward-only executable.
+    # so each problem costs one compilation, and the accuracy cells judge that program's loss.
+    # loss() alone uses the forward-only executable: XLA compiles it as another program, whose
+    # loss may differ in the last bits (7 float64 ULPs seen on combo-kdim-weight-mean).
     def loss_and_grad(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
         _, forward_and_grad = self._functions(problem)
         loss, grad = forward_and_grad(*self._args(self._as_float32(problem)))
