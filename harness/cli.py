@@ -84,14 +84,20 @@ def cmd_references(args) -> int:
         if args.certify:
             raise UsageError("references: --certify applies to `references verify` (certify after generating)")
         print(f"generating golden references in {directory or golden.default_dir()}")
-        golden.generate(directory, workers=args.workers)
+        try:
+            golden.generate(directory, workers=args.workers)
+        except OSError as exc:
+            raise UsageError(f"references generate: cannot write {exc.filename or directory} "
+                             f"({exc.strerror or exc}); pass a writable --dir") from None
         return EXIT_OK
     from harness.certify import CertifyUnavailable
 
     try:
-        found = golden.verify(directory, recompute=None if args.all else args.sample, certify=args.certify)
-    except (FileNotFoundError, CertifyUnavailable) as exc:
-        raise UsageError(f"references: {exc}") from None
+        found = golden.verify(directory, recompute=None if args.all else args.sample, seed=args.seed,
+                              certify=args.certify)
+    except (FileNotFoundError, ValueError, CertifyUnavailable) as exc:
+        msg = str(exc)
+        raise UsageError(msg if msg.startswith("references") else f"references: {msg}") from None
     for line in found:
         print(f"FAIL {line}")
     print("references: OK" if not found else f"references: {len(found)} problem(s)")
@@ -275,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="directory (default: references/ of the checkout)")
     p.add_argument("--sample", type=int, default=6, help="cases to recompute when verifying (default 6)")
     p.add_argument("--all", action="store_true", help="recompute every case when verifying")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the verify sample (default: a fresh one, printed, so a failure can be replayed)")
     p.add_argument("--certify", action="store_true",
                    help="also re-derive every case with the independent arb oracle (python-flint) and check the "
                         "stored values and their roundings against its balls")

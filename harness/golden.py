@@ -190,7 +190,17 @@ def load_manifest(directory: Path | None = None) -> dict:
     path = Path(directory or default_dir()) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `xent-harness references generate`")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON manifest ({type(exc).__name__}); regenerate it with "
+                         "`xent-harness references generate`") from None
+    cases = manifest.get("cases") if isinstance(manifest, dict) else None
+    if not isinstance(cases, dict) or not all(isinstance(e, dict) and {"file", "sha256"} <= set(e)
+                                               for e in cases.values()):
+        raise ValueError(f"{path} is not a references manifest (expected {{\"cases\": {{name: {{\"file\", "
+                         "\"sha256\", ...}}}}}}); regenerate it with `xent-harness references generate`")
+    return manifest
 
 
 def load(name: str, directory: Path | None = None, *, check: bool = True) -> Golden:
@@ -210,10 +220,18 @@ def names(directory: Path | None = None) -> list[str]:
     return sorted(load_manifest(directory)["cases"])
 
 
-def verify(directory: Path | None = None, *, recompute: int | None = 6, seed: int = 0, certify: bool = False,
-           log=print) -> list[str]:
+def verify(directory: Path | None = None, *, recompute: int | None = 6, seed: int | None = None,
+           certify: bool = False, log=print) -> list[str]:
     """Check every file's hash and that the catalogue matches; recompute ``recompute`` cases
-    (all when None) with the reference and compare bit for bit. With ``certify``, also re-derive
+    (all when None) with the reference and compare bit for bit. The sample is drawn afresh each
+    time (``seed`` None: a random seed, logged so a failure can be replayed with it).
+
+    What the default proves: every file is the one the manifest lists (its sha256), so an
+    accidental corruption or a stale file is caught; and ``recompute`` cases, chosen at random,
+    are what today's reference computes. A file altered together with its manifest hash passes
+    the hash check and is caught only when drawn (probability ``recompute``/cases per run);
+    ``all`` (``--all``) recomputes every case, and ``certify`` checks every case against the
+    independent arb oracle. With ``certify``, also re-derive
     every (hash-intact) case with the independent arb oracle of :mod:`harness.certify` and check
     the stored double-doubles, their roundings to every format and the decimal strings against
     its balls (raises :class:`harness.certify.CertifyUnavailable` without python-flint).
@@ -244,10 +262,18 @@ def verify(directory: Path | None = None, *, recompute: int | None = 6, seed: in
         else:
             good.append(name)
     log(f"hashes: {len(good)}/{len(listed)} files match {MANIFEST}")
-    rng = np.random.default_rng(seed)
+    if recompute is not None and recompute < 0:
+        raise ValueError(f"references: --sample must be a number of cases to recompute (0: hashes only), "
+                         f"not {recompute}; or --all")
     sample = [n for n in good if n in expected]
     if recompute is not None and recompute < len(sample):
+        if seed is None:
+            import secrets
+
+            seed = secrets.randbelow(2**32)
+        rng = np.random.default_rng(seed)
         sample = sorted(rng.choice(sample, recompute, replace=False).tolist())
+        log(f"sample: {recompute} of {len(good)} cases drawn with --seed {seed} (pass it to replay this draw)")
     goldens = [load(n, directory) for n in sample]
     for g in goldens:
         if g.problem.digest != manifest["cases"][g.name]["problem_digest"]:

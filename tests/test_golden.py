@@ -93,3 +93,31 @@ def test_cases_are_data_and_each_matches_its_stored_file():
 def test_a_bad_generator_names_the_field():
     with pytest.raises(ValueError, match=r"golden\.toml: logits: unknown generator"):
         golden._build({"logits": {"gauss": 1}, "target": [0]}, "float32")
+
+
+def test_the_verify_sample_is_drawn_afresh_and_can_be_replayed(copy_of_references):
+    """A consistently tampered file is caught when drawn: a fixed draw would never reach it."""
+    def drawn(**kw):
+        said = []
+        golden.verify(copy_of_references, recompute=2, log=said.append, **kw)
+        line = next(m for m in said if m.startswith("recomputed:"))
+        seed = next(int(m.split("--seed ")[1].split()[0]) for m in said if m.startswith("sample:"))
+        return seed, line
+
+    draws = [drawn() for _ in range(4)]
+    assert len({line for _, line in draws}) > 1  # 4 draws of 2 out of 44: the same 4 times is ~1e-8
+    seed, line = draws[0]
+    assert drawn(seed=seed) == (seed, line)  # the printed seed replays the draw
+
+
+@pytest.mark.parametrize("args, manifest, fragment", [
+    (["--sample", "-1"], None, "--sample must be a number of cases"),
+    ([], "{}", "is not a references manifest"),
+    ([], "\x00\xff binary", "is not a JSON manifest"),
+])
+def test_bad_verify_input_is_one_line_exit_2(copy_of_references, capsys, args, manifest, fragment):
+    if manifest is not None:
+        (copy_of_references / golden.MANIFEST).write_bytes(manifest.encode("latin-1"))
+    assert main(["references", "verify", "--dir", str(copy_of_references), *args]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
