@@ -48,40 +48,70 @@ def _validate(table: dict, where: str) -> dict:
     return out
 
 
-def _find_pyproject(start: Path) -> Path | None:
-    for d in (start, *start.parents):
-        p = d / "pyproject.toml"
-        if p.is_file():
-            return p
-    return None
+def project_pyproject(cwd: Path | None = None) -> Path | None:
+    """The checked project's ``pyproject.toml``: the current directory's, never a parent's
+    (a file in some folder above must not loosen the gate of the project below it)."""
+    p = Path(cwd or Path.cwd()) / "pyproject.toml"
+    return p if p.is_file() else None
+
+
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file as a dict; BudgetError naming ``what`` (the flag or role) and the file."""
+    if path.is_dir():
+        raise BudgetError(f"{what}: {path} is a directory; name a TOML file")
+    if not path.is_file():
+        raise BudgetError(f"{what}: file {str(path)!r} does not exist (expected a TOML file)")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise BudgetError(f"{what}: {path} is not text (a binary file?); expected TOML") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BudgetError(f"{what}: {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise BudgetError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+
+
+def tool_section(data: dict, where: str) -> dict:
+    """``[tool.xent-harness]`` of a TOML document ({} when absent), checked to be tables."""
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise BudgetError(f"{where}: `tool` must be a table ([tool.xent-harness]), not {type(tool).__name__}")
+    section = tool.get("xent-harness", {})
+    if not isinstance(section, dict):
+        raise BudgetError(f"{where}: `tool.xent-harness` must be a table ([tool.xent-harness]), "
+                          f"not {type(section).__name__}")
+    return section
+
+
+def _budget_table(section, where: str) -> dict:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise BudgetError(f"budgets: the budgets in {where} must be tables [<dtype>] of {', '.join(KEYS)}")
+    return _validate(section, where)
 
 
 def load(path: str | Path | None = None, *, cwd: Path | None = None) -> tuple[dict, str]:
-    """The budgets in force and where they came from: the defaults, updated by the nearest
-    pyproject.toml's [tool.xent-harness.budgets], updated by ``path`` (a TOML file with either
-    top-level dtype tables or the same [tool.xent-harness.budgets] section)."""
+    """The budgets in force and where they came from: the defaults, updated by the current
+    directory's pyproject.toml [tool.xent-harness.budgets], updated by ``path`` (a TOML file
+    with either top-level dtype tables or the same [tool.xent-harness.budgets] section)."""
     budgets = copy.deepcopy(defaults())
     sources = ["defaults (harness/budgets.toml)"]
-    pyproject = _find_pyproject(Path(cwd or Path.cwd()))
+    pyproject = project_pyproject(cwd)
     if pyproject is not None:
-        try:
-            section = tomllib.loads(pyproject.read_text()).get("tool", {}).get("xent-harness", {}).get("budgets")
-        except tomllib.TOMLDecodeError as exc:
-            raise BudgetError(f"budgets: {pyproject} is not valid TOML: {exc}") from None
-        if section:
-            for dtype, entry in _validate(section, str(pyproject)).items():
-                budgets[dtype].update(entry)
+        table = _budget_table(tool_section(read_toml(pyproject, "budgets"), str(pyproject)).get("budgets"),
+                              str(pyproject))
+        for dtype, entry in table.items():
+            budgets[dtype].update(entry)
+        if table:
             sources.append(str(pyproject))
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise BudgetError(f"--budgets: file {str(p)!r} does not exist")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise BudgetError(f"--budgets: {p} is not valid TOML: {exc}") from None
-        data = data.get("tool", {}).get("xent-harness", {}).get("budgets", data)
-        for dtype, entry in _validate(data, str(p)).items():
+        data = read_toml(p, "--budgets")
+        section = tool_section(data, str(p))
+        table = _budget_table(section["budgets"] if "budgets" in section else
+                              {k: v for k, v in data.items() if k != "tool"}, str(p))
+        for dtype, entry in table.items():
             budgets[dtype].update(entry)
         sources.append(str(p))
     return budgets, " + ".join(sources)
@@ -166,37 +196,41 @@ def grad_row_scales(problem: Problem) -> np.ndarray:
 # -- known failures --------------------------------------------------------------------------------
 
 
-def load_known(path: str | Path | None = None, *, cwd: Path | None = None) -> list[dict]:
-    """Known failures: cells that fail for a documented reason and must not fail the gate.
+def load_known(path: str | Path | None = None, *, cwd: Path | None = None) -> tuple[list[dict], str]:
+    """Known failures: cells that fail for a documented reason and must not fail the gate,
+    and where they came from ("none" when nowhere).
 
     Each entry is ``{cells = "IMPL/DTYPE/KIND/SCENARIO" glob, reason = "..."}`` under
-    ``[[tool.xent-harness.known-failures]]`` in the nearest pyproject.toml, or top-level
-    ``[[known-failures]]`` tables in ``path``. A known cell keeps its status (the report still
-    shows it) and gains a ``known`` field; only unknown failures fail ``check``."""
+    ``[[tool.xent-harness.known-failures]]`` in the current directory's pyproject.toml, or
+    top-level ``[[known-failures]]`` tables in ``path``. A known cell keeps its status (the
+    report still shows it) and gains a ``known`` field; only unknown failures fail ``check``."""
     entries: list[dict] = []
     sources = []
-    pyproject = _find_pyproject(Path(cwd or Path.cwd()))
+    pyproject = project_pyproject(cwd)
     if pyproject is not None:
-        data = tomllib.loads(pyproject.read_text()).get("tool", {}).get("xent-harness", {})
-        sources.append((data.get("known-failures", []), str(pyproject)))
+        section = tool_section(read_toml(pyproject, "known failures"), str(pyproject))
+        if "known-failures" in section:
+            sources.append((section["known-failures"], str(pyproject)))
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise BudgetError(f"--known: file {str(p)!r} does not exist")
-        data = tomllib.loads(p.read_text())
-        data = data.get("tool", {}).get("xent-harness", data)
-        sources.append((data.get("known-failures", []), str(p)))
+        data = read_toml(p, "--known")
+        section = tool_section(data, str(p))
+        sources.append((section.get("known-failures", data.get("known-failures", [])), str(p)))
+    need = "each entry needs cells = \"IMPL/DTYPE/KIND/SCENARIO\" (or a list of them) and reason = \"...\""
     for items, where in sources:
+        if not isinstance(items, list):
+            raise BudgetError(f"known-failures in {where}: must be an array of tables [[known-failures]]; {need}")
         for item in items:
             cells = item.get("cells") if isinstance(item, dict) else None
             cells = [cells] if isinstance(cells, str) else cells
-            if not cells or not all(isinstance(c, str) for c in cells) or not item.get("reason"):
-                raise BudgetError(f"known-failures in {where}: each entry needs cells = \"IMPL/DTYPE/KIND/SCENARIO\" (or a list) and reason")
+            if (not isinstance(cells, list) or not cells or not all(isinstance(c, str) for c in cells)
+                    or not isinstance(item.get("reason"), str) or not item["reason"]):
+                raise BudgetError(f"known-failures in {where}: {need}")
             for c in cells:
                 if c.count("/") != 3:
                     raise BudgetError(f"known-failures in {where}: {c!r} must have the form IMPL/DTYPE/KIND/SCENARIO")
             entries.append({"cells": cells, "reason": item["reason"]})
-    return entries
+    return entries, " + ".join(where for _, where in sources) or "none"
 
 
 def known_reason(cell: dict, known: list[dict]) -> str | None:

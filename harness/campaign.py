@@ -12,6 +12,7 @@ anything is computed; an interrupted campaign keeps every finished cell.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -105,6 +106,9 @@ def out_dir(req: Request) -> Path:
             return out
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise CampaignError(f"reports: cannot create a run directory under {base} ({exc.strerror or exc}); "
+                                "pass a writable --out DIR") from None
     raise CampaignError(f"reports: could not create a run directory under {base}")
 
 
@@ -187,7 +191,7 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     sweep_kinds = tuple(k for k in req.kinds if k in sweeps.KINDS)
     try:
         budget_table, budget_source = budgets_mod.load(req.budgets)
-        known = budgets_mod.load_known(req.known)
+        known, known_source = budgets_mod.load_known(req.known)
         picked = []
         if sweep_kinds:
             picked = scenarios.select(req.scenarios or None, quick=req.quick, dtypes=dtypes)
@@ -236,7 +240,7 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
         log(f"interrupted: finished cells are saved; continue with --resume --out {out}")
         return Outcome(out, res, interrupted=True)
     mark_known(res.cells, known)
-    res.data["known_failures"] = known
+    res.data["known_failures"], res.data["known_failures_source"] = known, known_source
     rows = implementation_rows(chosen, skipped, res.cells, res.rows)
     res.data["implementations"] = rows
     res.data["summary"] = summary(rows, res.cells, res.rows, canaries_expected=not req.impls)
@@ -245,11 +249,31 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     res.close()
     write_report(res.data, out, log)
     if not req.out:
-        latest = out.parent / "latest"
-        if latest.resolve() != out.resolve():
-            shutil.rmtree(latest, ignore_errors=True)
-            shutil.copytree(out, latest)
+        update_latest(out, log)
     return Outcome(out, res)
+
+
+def update_latest(out: Path, log: Callable[[str], None] = print) -> None:
+    """Make ``reports/latest`` a copy of the run ``out``, always one whole run: the copy is
+    made beside it and renamed into place. A ``latest`` that is a file or a symbolic link is
+    replaced (the link, not what it points to); one that cannot be replaced is reported in one
+    line, and the run stands."""
+    latest = out.parent / "latest"
+    fresh = out.parent / f".latest.{os.getpid()}.tmp"
+    old = out.parent / f".latest.{os.getpid()}.old"
+    try:
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.copytree(out, fresh)
+        if latest.is_symlink() or latest.is_file():
+            latest.unlink()
+        elif latest.exists():
+            os.replace(latest, old)
+        os.replace(fresh, latest)
+    except OSError as exc:
+        log(f"reports/latest: not updated ({exc.strerror or exc}); this run is in {out}")
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _gpu_info(entries) -> dict | None:
@@ -276,7 +300,7 @@ def write_report(data: dict, out: Path, log: Callable[[str], None] = print) -> N
         log(f"report: failed ({type(exc).__name__}: {exc}); results are intact, retry with "
             f"`xent-harness report {out / 'results.json'}`")
         return
-    (out / "summary.md").write_text(md)
+    report.write_atomic(out / "summary.md", md)
     report.append_github_summary(md)
 
 

@@ -192,6 +192,7 @@ def _print_tables(data: dict, *, gate: bool) -> None:
         timing = f", {r['throughput_errors']} throughput error" if r.get("throughput_errors") else ""
         print(f"{r['verdict'].upper():11s} {r['name']}{canary}: {c['pass']} pass, {c['fail']} fail, {c['error']} error, "
               f"{c['unsupported']} unsupported{timing}{known}{extra}")
+    print(f"\nbudgets: {data.get('budgets_source') or '-'}; known failures: {data.get('known_failures_source') or 'none'}")
     s = data["summary"]
     print(f"\nverdict: {s['verdict'].upper()}" + (f" (failing: {', '.join(s['failing'])})" if s["failing"] else ""))
 
@@ -223,6 +224,8 @@ def cmd_report(args) -> int:
 
     data = results.load(args.results)
     baseline = results.load(args.baseline) if args.baseline else None
+    if args.markdown and Path(args.markdown).is_dir():
+        raise UsageError(f"report --markdown: {args.markdown} is a directory; name a file to write")
     try:
         from harness import report
     except ImportError as exc:
@@ -233,7 +236,7 @@ def cmd_report(args) -> int:
     report.write_html(data, out, baseline=baseline)
     md = report.render_markdown(data, baseline=baseline)
     if args.markdown:
-        Path(args.markdown).write_text(md)
+        report.write_atomic(Path(args.markdown), md)
     report.append_github_summary(md)
     print(f"report: {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return EXIT_OK

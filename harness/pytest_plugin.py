@@ -126,6 +126,7 @@ class Settings:
     cases: dict = field(default_factory=dict)  # manifest entries by name
     budgets: dict = field(default_factory=dict)
     budgets_source: str = ""
+    known_source: str = ""
     known: list = field(default_factory=list)
     dtypes: tuple = DTYPES
 
@@ -179,9 +180,10 @@ def settings(config: pytest.Config) -> Settings:
 
     try:
         s.budgets, s.budgets_source = budgets.load(_opt(config, "xent_budgets"))
-        s.known = budgets.load_known(_opt(config, "xent_known"))
-    except budgets.BudgetError as exc:
-        raise pytest.UsageError(f"xent-harness: {exc}") from None
+        s.known, s.known_source = budgets.load_known(_opt(config, "xent_known"))
+    except budgets.BudgetError as exc:  # its messages name the CLI's options
+        message = re.sub(r"(?<![\w-])--(budgets|known)\b", r"--xent-\1", str(exc))
+        raise pytest.UsageError(f"xent-harness: {message}") from None
     except ValueError as exc:  # tomllib.TOMLDecodeError in a pyproject.toml / known file
         raise pytest.UsageError(f"xent-harness: budgets or known failures: {exc}") from None
     s.dtypes = tuple(_opt(config, "xent_dtype", [])) or DTYPES
@@ -195,4 +197,4 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     names = ", ".join(f"{e.name} ({e.origin})" for e in s.entries) or "none"
     refs = s.references or s.references_missing
-    return [f"xent-harness: implementations {names}; references {refs}; budgets {s.budgets_source}"]
+    return [f"xent-harness: implementations {names}; references {refs}; budgets {s.budgets_source}; known failures {s.known_source}"]

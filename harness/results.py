@@ -28,6 +28,16 @@ RESULTS = "results.json"
 JOURNAL = "cells.jsonl"
 
 
+class ResultsError(ValueError):
+    """The run's files cannot be written (disk full, read-only, not a directory): one line
+    naming the file; what was written before stays (resume continues from it)."""
+
+
+def _unwritable(path: Path, exc: OSError) -> ResultsError:
+    return ResultsError(f"results: cannot write {path} ({exc.strerror or exc}); the cells finished so far "
+                        f"are kept in {path.parent / JOURNAL} (fix it, then --resume --out {path.parent})")
+
+
 def _clean(obj):
     """JSON-safe copy: non-finite floats become "inf"/"-inf"/"nan", NumPy scalars Python ones."""
     if isinstance(obj, dict):
@@ -142,7 +152,13 @@ class Results:
     @classmethod
     def open(cls, directory: Path, run: dict, *, resume: bool = False, **kw) -> Results:
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".write-test.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ResultsError(f"--out: cannot write to {directory} ({exc.strerror or exc}); name a writable directory") from None
         path = directory / RESULTS
         if resume and (path.exists() or (directory / JOURNAL).exists()):
             journal = list(_read_journal(directory / JOURNAL))
@@ -176,9 +192,7 @@ class Results:
         for stale in (path, directory / JOURNAL):
             stale.unlink(missing_ok=True)
         self = cls(directory, _skeleton(run), **kw)
-        self._journal = open(directory / JOURNAL, "a", encoding="utf-8")
-        self._journal.write(json.dumps({"type": "run", "run": _clean(run)}, allow_nan=False) + "\n")
-        self._journal.flush()  # so a resume can start from the journal alone
+        self._append({"type": "run", "run": _clean(run)}, flush=False)  # a resume can start from the journal alone
         return self
 
     @property
@@ -219,11 +233,16 @@ class Results:
     def rows(self) -> list[dict]:
         return list(self._rows.values())
 
-    def _append(self, entry: dict) -> None:
-        if self._journal is None:
-            self._journal = open(self.directory / JOURNAL, "a", encoding="utf-8")
-        self._journal.write(json.dumps(entry, allow_nan=False) + "\n")
-        self._journal.flush()
+    def _append(self, entry: dict, flush: bool = True) -> None:
+        try:
+            if self._journal is None:
+                self._journal = open(self.directory / JOURNAL, "a", encoding="utf-8")
+            self._journal.write(json.dumps(entry, allow_nan=False) + "\n")
+            self._journal.flush()
+        except OSError as exc:
+            raise _unwritable(self.directory / JOURNAL, exc) from None
+        if not flush:
+            return
         size = len(self._cells) + len(self._rows)
         # a rewrite's cost grows with the file (below ~256 cells it is mostly the fixed cost)
         expected = self._flush_cost * max(1.0, size / max(self._flush_size, 256))
@@ -249,8 +268,15 @@ class Results:
         text = json.dumps(dict(sorted(rest.items(), key=lambda kv: order[kv[0]])), allow_nan=False,
                           separators=(",", ":"))
         tmp = self.path.with_name(f".{RESULTS}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise _unwritable(self.path, exc) from None
         self._last_flush = time.monotonic()
         self._flush_cost = self._last_flush - t0
         self._flush_size = max(1, len(self._cells) + len(self._rows))

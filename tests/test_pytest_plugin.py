@@ -154,7 +154,7 @@ def test_references_option_points_elsewhere(pytester, tmp_path):
 def test_bad_budgets_file_is_a_usage_error(pytester):
     r = suite(pytester, "--xent-impl", "numpy", "--xent-budgets", "nope.toml")
     assert r.ret == pytest.ExitCode.USAGE_ERROR
-    r.stderr.fnmatch_lines(["ERROR: xent-harness: --budgets: file 'nope.toml' does not exist"])
+    r.stderr.fnmatch_lines(["ERROR: xent-harness: --xent-budgets: file 'nope.toml' does not exist (expected a TOML file)"])
 
 
 def test_plugin_leaves_other_test_runs_alone(pytester):

@@ -61,7 +61,7 @@ from harness.report.model import PALETTE as PALETTE
 from harness.report.model import STATUSES as STATUSES
 from harness.report.model import _as_run as _as_run
 from harness.report.model import _Run as _Run
-from harness.report.page import render_html, write_html
+from harness.report.page import render_html, write_atomic, write_html
 from harness.report.plots import FAIL_MARK as FAIL_MARK
 from harness.report.plots import KNOWN_MARK as KNOWN_MARK
 from harness.report.plots import _Plotter as _Plotter
@@ -76,6 +76,7 @@ __all__ = [
     "findings",
     "render_html",
     "render_markdown",
+    "write_atomic",
     "write_html",
     "write_markdown",
 ]

@@ -133,7 +133,7 @@ def findings(results) -> list[dict]:
         elif mode == "zero":
             refs = [abs(r) for c in cs if (r := _mode(run, c)[2]) is not None and _finite(r)]
             top = max(refs) if refs else abs(ref or 0)
-            bound = 10.0 ** math.ceil(math.log10(top)) if top > 0 else 0
+            bound = 10.0 ** min(math.ceil(math.log10(top)), 308) if top > 0 else 0
             noun = "entries" if grad else "losses"
             what = (f"{'gradient is' if grad else 'returns'} 0 for {noun} below "
                     f"{fmt_num(bound, 1)} where the true {q} is {_value(ref)}")

@@ -12,7 +12,7 @@ from harness.report.baseline import _ORDER, compare
 from harness.report.finding import findings
 from harness.report.fmt import KIND_WORDS, _and, _clip, _dtype_key
 from harness.report.model import _as_run, _Run
-from harness.report.page import _write
+from harness.report.page import write_atomic
 
 
 def _md(s) -> str:
@@ -127,7 +127,7 @@ def render_markdown(results: dict, baseline: dict | None = None, *, top: int = 5
 
 
 def write_markdown(results: dict, path, baseline: dict | None = None) -> Path:
-    return _write(Path(path), render_markdown(results, baseline))
+    return write_atomic(Path(path), render_markdown(results, baseline))
 
 
 def append_github_summary(md: str) -> bool:

@@ -47,12 +47,23 @@ def render_html(results: dict, baseline: dict | None = None) -> str:
 
 def write_html(results: dict, path, baseline: dict | None = None) -> Path:
     """Write the report page to ``path`` (atomically) and return the path."""
-    return _write(Path(path), render_html(results, baseline))
+    return write_atomic(Path(path), render_html(results, baseline))
 
 
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` atomically (temporary file + rename); OSError becomes a one-line
+    ValueError naming the file, and no temporary file is left behind."""
+    if path.is_dir():
+        raise ValueError(f"report: {path} is a directory; name a file to write")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # its folder could not be made either
+            pass
+        raise ValueError(f"report: cannot write {path} ({exc.strerror or exc})") from None
     return path

@@ -207,7 +207,9 @@ class _Plotter:
         vals = [run.m(c, "ulp_max") for c in cells if c["metrics"] and not _nonfinite_out(c)]
         finite = [v for v in vals if _finite(v)]
         budgets = [c["budget"].get("ulp") or 0 for c in cells]
-        top = max([*finite, *budgets, 10.0])
+        # the axis stops at 1e300: a larger finite error (an output off by ~1e307 ULPs) is drawn
+        # at the top instead of overflowing the axis arithmetic
+        top = min(max([*finite, *budgets, 10.0]), 1e300)
         l1 = math.ceil(math.log10(top) + 0.05)
         inf_y = 10.0 ** (l1 + 1.3)
         xs_all = sorted({c["axis"][1] for c in cells})

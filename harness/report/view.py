@@ -378,6 +378,7 @@ def _provenance(run: _Run, dtypes: list[str]) -> list[tuple[str, str]]:
         ("libraries", ", ".join(f"{k} {v}" for k, v in (prov.get("libraries") or {}).items())
          or "–"),
         ("budgets", str(run.raw.get("budgets_source") or "–")),
+        ("known failures", str(run.raw.get("known_failures_source") or "–")),
     ]
 
 
