@@ -147,3 +147,14 @@ def test_configuration_comes_from_the_checked_project_only_and_is_named(tmp_path
     assert data["known_failures_source"] == here
     assert here in (tmp_path / "r" / "report.html").read_text()
 
+
+
+def test_a_finite_error_near_the_float_maximum_still_renders(tmp_path, capsys):
+    """An output ~1e308 ULPs off is a legal (failing) result: the report draws it at the top of
+    its axis instead of overflowing (it raised OverflowError, and check then left no report)."""
+    data = json.loads((_run_dir(tmp_path) / results.RESULTS).read_text())
+    for cell in data["cells"]:
+        cell["metrics"] |= {"ulp_max": 1e308, "ulp_p99": 1e308, "ulp_median": 1e307}
+    src = _write(tmp_path, "huge.json", json.dumps(data))
+    assert cli.main(["report", src, "-o", str(tmp_path / "huge.html")]) == 0
+    assert "Traceback" not in capsys.readouterr().err and (tmp_path / "huge.html").stat().st_size > 0
