@@ -14,15 +14,15 @@ segment of a longer row) whose temporaries stay in cache; only accumulators surv
   ``nonfinite_mismatch``, and the special-value positions (count, mismatches, the first three
   examples);
 * ``ulp_mean`` and ``normwise``: from partial sums per row segment combined exactly
-  (:class:`harness.metrics.SegmentSums`), which ``verdicts.judge`` uses as well, so they agree
+  (:class:`harness.segment_sums.SegmentSums`), which ``verdicts.judge`` uses as well, so they agree
   bit for bit too;
 * ``ulp_median`` and ``ulp_p99``: exact while at most ``exact_quantiles`` (default
   :data:`EXACT_QUANTILES`, 4 Mi values, 32 MB) errors have been seen, the values being kept;
-  past that, from a log-linear histogram of the errors' float64 bit patterns (:data:`SKETCH_BITS`
-  mantissa bits per binade, integer counts, mergeable like the rest): each order statistic is
-  replaced by the midpoint of its bin, so the quantile is off by at most
-  2**-(SKETCH_BITS + 1) = 0.2 % of the larger of the two order statistics it interpolates
-  between (exact for zeros and infinities). The cell then carries
+  past that, from a log-linear histogram of the errors' float64 bit patterns
+  (:mod:`harness.quantile_sketch`: :data:`SKETCH_BITS` mantissa bits per binade, integer counts,
+  mergeable like the rest): each order statistic is replaced by the midpoint of its bin, so the
+  quantile is off by at most 2**-(SKETCH_BITS + 1) = 0.2 % of the larger of the two order
+  statistics it interpolates between (exact for zeros and infinities). The cell then carries
   ``quantiles_approx = 2**-(SKETCH_BITS + 1)``; without that key the quantiles are exact.
 
 The chunks of a block are shared among threads (:func:`default_threads`), each with its own
@@ -46,18 +46,16 @@ import numpy as np
 
 from harness import metrics, vocabulary
 from harness.formats import Format
-from harness.metrics import HIST_EDGES, SEGMENT, SegmentSums, segments
+from harness.metrics import HIST_EDGES
 from harness.problem import Problem
+from harness.quantile_sketch import SKETCH_BITS, Allowance, Sketch
+from harness.segment_sums import SEGMENT, SegmentSums, segments
 
 #: Elements per pass of the accumulator (whole rows up to SEGMENT columns, else one row
 #: segment): its few dozen temporaries, 512 KB each, stay in cache.
 CHUNK = SEGMENT
 #: Up to this many ULP errors the median and p99 are exact (the values are kept, 8 bytes each).
 EXACT_QUANTILES = 1 << 22
-#: Mantissa bits per binade of the quantile sketch: bins 2**-SKETCH_BITS wide, relative.
-SKETCH_BITS = 8
-_SKETCH_SHIFT = 52 - SKETCH_BITS
-_SKETCH_BINS = (0x7FF << SKETCH_BITS) + 1  # the last is +inf
 _EDGES = np.asarray(HIST_EDGES)
 _NBINS = len(HIST_EDGES) - 1
 
@@ -84,75 +82,6 @@ def _pmax(a, b):
     return max(a, b)
 
 
-class _Sketch:
-    """Counts of the errors per (exponent, top SKETCH_BITS mantissa bits) bin, zeros apart."""
-
-    def __init__(self):
-        self.counts = np.zeros(_SKETCH_BINS, np.int64)
-        self.zeros = 0
-
-    def merge(self, other: _Sketch) -> None:
-        self.counts += other.counts
-        self.zeros += other.zeros
-
-    def add(self, e: np.ndarray) -> None:  # e >= 0, no NaN
-        pos = e[e != 0]
-        self.zeros += e.size - pos.size
-        if not pos.size:
-            return
-        keys = pos.view(np.int64) >> _SKETCH_SHIFT
-        lo, hi = int(keys.min()), int(keys.max())
-        if hi - lo < 4 * keys.size + 4096:
-            self.counts[lo:hi + 1] += np.bincount(keys - lo)
-        else:
-            np.add.at(self.counts, keys, 1)
-
-    @staticmethod
-    def _mid(k: int) -> float:
-        if k == _SKETCH_BINS - 1:
-            return math.inf
-        a = np.array([k << _SKETCH_SHIFT, (k + 1) << _SKETCH_SHIFT], np.int64).view(np.float64)
-        return float(a[0] + (a[1] - a[0]) / 2)
-
-    def quantiles(self, qs: list[float], n: int, top: float) -> list[float]:
-        """metrics._quantile's interpolation with each order statistic replaced by the midpoint
-        of its bin (0 for zeros, inf for infinities), capped at the exact maximum ``top``."""
-        cum = np.cumsum(self.counts)
-
-        def at(r: int) -> tuple[int, float]:
-            if r < self.zeros:
-                return -1, 0.0
-            k = int(np.searchsorted(cum, r - self.zeros, side="right"))
-            return k, min(self._mid(k), top)
-
-        out = []
-        for q in qs:
-            p = q * (n - 1)
-            i = math.floor(p)
-            j = min(i + 1, n - 1)
-            t = p - i
-            (ka, a), (kb, b) = at(i), at(j)
-            out.append(a if (t == 0.0 or ka == kb or a == b) else a + (b - a) * t)
-        return out
-
-
-class _Allowance:
-    """How many errors the judges of one cell (one per thread) may still keep for exact
-    quantiles; once over, every one of them goes over to the sketch."""
-
-    def __init__(self, cap: int):
-        self.cap, self.used, self.over = cap, 0, False
-        self.lock = threading.Lock()
-
-    def take(self, n: int) -> bool:
-        with self.lock:
-            if not self.over and self.used + n <= self.cap:
-                self.used += n
-                return True
-            self.over = True
-            return False
-
-
 class Judge:
     """Accumulates the cell of one quantity ('loss' or 'grad') of one implementation.
 
@@ -161,7 +90,7 @@ class Judge:
     :meth:`special` (what ``verdicts.judge_special`` needs for this quantity)."""
 
     def __init__(self, problem: Problem, quantity: str, budget: dict, *,
-                 exact_quantiles: int = EXACT_QUANTILES, allowance: _Allowance | None = None):
+                 exact_quantiles: int = EXACT_QUANTILES, allowance: Allowance | None = None):
         self.fmt: Format = problem.format
         self.quantity = quantity
         self.q = quantity
@@ -169,7 +98,7 @@ class Judge:
         self.b_ulp, self.b_scaled = (budget[vocabulary.budget_key(quantity, m)] for m in vocabulary.METRICS)
         self._bu, self._bs = max(self.b_ulp, 1e-300), max(self.b_scaled, 1e-300)
         self.unit = 2.0 ** -self.fmt.precision
-        self.allowance = allowance or _Allowance(exact_quantiles)
+        self.allowance = allowance or Allowance(exact_quantiles)
         self.count = 0
         self.hist = np.zeros(_NBINS, np.int64)
         self.ulp_max = None
@@ -178,7 +107,7 @@ class Judge:
         self.sums = SegmentSums()
         self.kept: list[np.ndarray] | None = []
         self.kept_n = 0
-        self.sketch: _Sketch | None = None
+        self.sketch: Sketch | None = None
         self.mismatch = 0
         self.failing = 0
         self.nonfinite_y = 0
@@ -191,7 +120,7 @@ class Judge:
 
     # -- feeding -----------------------------------------------------------------------------------
     def add(self, y: np.ndarray, hi: np.ndarray, lo: np.ndarray, scale, locate, ordered: bool) -> None:
-        """One piece of whole row segments (see ``metrics.SegmentSums``): 2-d (r, L) arrays of
+        """One piece of whole row segments (see ``segment_sums.SegmentSums``): 2-d (r, L) arrays of
         the output ``y`` (its dtype) and the reference ``hi``/``lo`` (float64); ``scale`` the
         backward-stable scale of the elements (a float, or float64 broadcasting to (r, L):
         (r, 1) per row); ``locate(pos)`` maps flat
@@ -314,7 +243,7 @@ class Judge:
 
     def _to_sketch(self) -> None:
         if self.sketch is None:
-            self.sketch = _Sketch()
+            self.sketch = Sketch()
             for part in self.kept or ():
                 self.sketch.add(part)
             self.kept = None
@@ -499,7 +428,7 @@ class GradJudge:
 
         self.problem = problem
         self.y = y
-        allowance = _Allowance(exact_quantiles)
+        allowance = Allowance(exact_quantiles)
         self.threads = max(1, threads or default_threads())
         self.parts = [Judge(problem, "grad", budget, allowance=allowance) for _ in range(self.threads)]
         self.row_scale = grad_row_scales(problem) if row_scale is None else row_scale

@@ -19,6 +19,7 @@ from harness import metrics, vocabulary
 from harness.budgets import scales
 from harness.formats import Format
 from harness.problem import Problem
+from harness.segment_sums import SegmentSums
 
 
 def _describe(v: float) -> str:
@@ -55,7 +56,7 @@ def judge(problem: Problem, quantity: str, y: np.ndarray, hi: np.ndarray, lo: np
     m["hist"] = metrics.summarize(ulps)["hist"]
     if yv.size:
         # the mean and the normwise error from per-row partial sums combined exactly (see
-        # metrics.SegmentSums): the blockwise judge (harness.blockwise) gives the same bits
+        # segment_sums.SegmentSums): the blockwise judge (harness.blockwise) gives the same bits
         m["ulp_mean"], m["normwise"] = _segment_sums(problem, quantity, fin, yv, hv, lv, ulps,
                                                      m["nonfinite_mismatch"] > 0)
     yf = yv.astype(np.float64)
@@ -93,7 +94,7 @@ def _segment_sums(problem: Problem, quantity: str, fin, yv, hv, lv, ulps, mismat
             return full.reshape(1, -1)
         return np.moveaxis(full, problem.class_axis, -1).reshape(-1, full.shape[problem.class_axis])
 
-    sums = metrics.SegmentSums()
+    sums = SegmentSums()
     with np.errstate(invalid="ignore", over="ignore"):
         y = rows(np.where(np.isfinite(yv.astype(np.float64)), yv.astype(np.float64), 0.0))
         sums.add_rows(rows(ulps), y, rows(hv), rows(lv), int(yv.size), mismatch)

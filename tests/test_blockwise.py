@@ -15,6 +15,7 @@ from harness import blockwise, budgets, metrics, reference, registry, scenarios,
 from harness import cache as cache_mod
 from harness.problem import Problem
 from harness.results import Results
+from harness.segment_sums import ExactSum
 
 BUDGETS = budgets.load()[0]
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +204,7 @@ def test_sweeps_large_path_equals_the_ordinary_one(tmp_path, monkeypatch):
 
     def run(where):
         # workers=1: no process pool (forking after the fast pass's OpenMP threads started in
-        # this process would kill the workers; see reference._pool)
+        # this process would kill the workers; see reference.pool._pool)
         plan = sweeps.Plan(entries, cat, ["float16", "bfloat16", "float32", "float64"], BUDGETS, isolate=False,
                            workers=1, cache=cache_mod.ReferenceCache(tmp_path / where / "cache"))
         res = Results.open(tmp_path / where / "out", {"id": where}, resume=False)
@@ -287,12 +288,12 @@ def test_exact_sum_is_exact_and_order_free():
     k = rng.integers(-3000, 3000, 3000)
     want = sum(Fraction(float(v)) * Fraction(2) ** int(e) for v, e in zip(x, k, strict=True))
     for parts in (1, 7, 3000):
-        acc = metrics.ExactSum()
+        acc = ExactSum()
         for idx in np.array_split(rng.permutation(x.size), parts):
             acc.add(x[idx], k[idx])
         n, e = acc.fraction()
         assert Fraction(n) * Fraction(2) ** e == want
-    acc = metrics.ExactSum()
+    acc = ExactSum()
     acc.add(x)
     assert acc.value(3) == float(sum(Fraction(float(v)) for v in x) / 3)  # correctly rounded
     acc.add(np.array([np.inf]))

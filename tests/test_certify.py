@@ -25,6 +25,9 @@ from tests.certify_corpus import DTYPES, corpus, regressions, source
 
 flint = pytest.importorskip("flint", reason="python-flint is needed for the arb oracle (pip install 'xent-harness[certify]')")
 from harness import certify as K  # noqa: E402
+from harness.certify.certificate import reference_ball  # noqa: E402
+from harness.certify.oracle import Oracle  # noqa: E402
+from harness.certify.rounding import round_range, round_ratio, round_rational_plus  # noqa: E402
 
 inf, nan = math.inf, math.nan
 
@@ -250,7 +253,7 @@ def test_empty_batches_and_no_classes_follow_torch():
 
 def agrees(ball, value, bits: int = 180) -> bool:
     """Whether an arb ball is within 2^-bits (relative) of an mpmath value computed at more bits."""
-    v = K._to_ref(value if isinstance(value, mpmath.mpf) else mpmath.mpf(value))  # mpf(mpf) would round
+    v = reference_ball(value if isinstance(value, mpmath.mpf) else mpmath.mpf(value))  # mpf(mpf) would round
     with flint.ctx.workprec(600):
         return bool(abs(ball - v).abs_lower() <= abs(v) * flint.arb(2) ** -bits)
 
@@ -275,7 +278,7 @@ def test_all_equal_logits_give_log_C(C):
     with flint.ctx.workprec(300):
         assert ball.overlaps(flint.arb(C).log()) and ball.rad() < flint.arb(2) ** -280
     # the gradient is rational: p_j - [j = t] over 2 samples, exactly
-    g = K._Oracle(Problem(np.full((2, C), -3.25), np.array([0, C - 1]))).grad_row(0, 128)
+    g = Oracle(Problem(np.full((2, C), -3.25), np.array([0, C - 1]))).grad_row(0, 128)
     assert all(v.exact for v in g)
     assert g[0].r == flint.fmpq(1, 2 * C) - flint.fmpq(1, 2)
 
@@ -302,19 +305,19 @@ def test_regression_values_from_first_principles():
     (v,) = K.loss_balls(p, 200)
     with flint.ctx.workprec(200):
         assert v.overlaps(flint.arb(2).log())
-    g = K._Oracle(p).grad_row(0, 128)
+    g = Oracle(p).grad_row(0, 128)
     assert g[0].exact and g[0].r == flint.fmpq(-1, 6) and g[1].r == flint.fmpq(1, 6)
     # weight [1e308, 1], mean: ln 2 and ±1/4 exactly (Σw overflows float64; the contract is exact)
     p = cases["weight-1e308-mean"]
     (v,) = K.loss_balls(p, 200)
     with flint.ctx.workprec(200):
         assert v.overlaps(flint.arb(2).log())
-    g = K._Oracle(p).grad_row(1, 128)
+    g = Oracle(p).grad_row(1, 128)
     assert (g[0].r, g[1].r) == (flint.fmpq(-1, 4), flint.fmpq(1, 4))
     # 1000.25 + e^-1000.25 is just above a float16 midpoint: it rounds up to 1000.5
     p = cases["f16-midpoint-1000.25"]
-    (v,) = K._Oracle(p).losses(128)
-    lo, hi = K._round_range(v, FORMATS["float16"], 128)
+    (v,) = Oracle(p).losses(128)
+    lo, hi = round_range(v, FORMATS["float16"], 128)
     assert lo == hi == 1000.5
 
 
@@ -389,21 +392,21 @@ def test_rounding_is_ieee_round_to_nearest_even_with_subnormals_and_overflow():
         for v in vals + near + ties:
             for s in (v, -v):
                 n, d = float(s).as_integer_ratio()
-                assert K._rn_rat(n, d, fmt) == ieee_round(s, fmt), (name, s.hex())
+                assert round_ratio(n, d, fmt) == ieee_round(s, fmt), (name, s.hex())
     f64 = FORMATS["float64"]
-    assert K._rn_rat(2**53 + 1, 2**53, f64) == 1.0  # tie to even (down)
-    assert K._rn_rat(2**53 + 3, 2**53, f64) == 1 + 2.0**-51  # tie to even (up)
-    assert K._rn_rat(2**1024 - 2**970, 1, f64) == inf  # max + ulp/2 overflows
-    assert K._rn_rat(2**1024 - 2**970 - 1, 1, f64) == f64.max
-    assert K._rn_rat(1, 2**1075, f64) == 0.0 and K._rn_rat(1 + 2**40, 2**1115, f64) == 2.0**-1074
+    assert round_ratio(2**53 + 1, 2**53, f64) == 1.0  # tie to even (down)
+    assert round_ratio(2**53 + 3, 2**53, f64) == 1 + 2.0**-51  # tie to even (up)
+    assert round_ratio(2**1024 - 2**970, 1, f64) == inf  # max + ulp/2 overflows
+    assert round_ratio(2**1024 - 2**970 - 1, 1, f64) == f64.max
+    assert round_ratio(1, 2**1075, f64) == 0.0 and round_ratio(1 + 2**40, 2**1115, f64) == 2.0**-1074
     # a rational that no float is: 1/3
-    assert K._rn_rat(1, 3, FORMATS["float16"]) == float(np.float16(1 / 3))
-    assert K._rn_rat(1, 3, f64) == 1 / 3
+    assert round_ratio(1, 3, FORMATS["float16"]) == float(np.float16(1 / 3))
+    assert round_ratio(1, 3, f64) == 1 / 3
     # an offset far below any rounding boundary only counts by its sign
     r = flint.fmpq(*(1 + 2.0**-11).as_integer_ratio())  # a float16 midpoint
-    assert K._rn_plus(r, 1, -10**12, FORMATS["float16"]) == 1 + 2.0**-10
-    assert K._rn_plus(r, -1, -10**12, FORMATS["float16"]) == 1.0
-    assert K._rn_plus(r, 0, 0, FORMATS["float16"]) == 1.0  # the tie goes to even
+    assert round_rational_plus(r, 1, -10**12, FORMATS["float16"]) == 1 + 2.0**-10
+    assert round_rational_plus(r, -1, -10**12, FORMATS["float16"]) == 1.0
+    assert round_rational_plus(r, 0, 0, FORMATS["float16"]) == 1.0  # the tie goes to even
 
 
 def test_rounded_ball_decides_or_says_undecided():
@@ -425,7 +428,7 @@ def test_exact_zeros_are_decided_by_exactness_not_left_undecided():
         Problem(np.array([[0.0, -inf, 1.0]]), np.array([0])),  # p = 0 at the -inf class
     ]
     for p in cases:
-        o = K._Oracle(p)
+        o = Oracle(p)
         zeros = [v for n in range(o.M) for v in o.grad_row(n, 128) if v.exact and v.r == 0]
         assert zeros, source(p)
         zero_grad = np.zeros(p.logits.shape, dtype=object)
@@ -464,7 +467,7 @@ def test_certify_catches_wrong_values_roundings_and_specials():
         sign, man, exp, _ = v._mpf_
         return (-1) ** sign * int(man) << max(exp, 0), 1 << max(-exp, 0)
 
-    f32 = np.array([K._rn_rat(*ratio(v), FORMATS["float32"]) for v in truth], dtype=np.float32)
+    f32 = np.array([round_ratio(*ratio(v), FORMATS["float32"]) for v in truth], dtype=np.float32)
     assert K.certify(p, loss_values=good, rounded={"float32": (f32, None)}).ok
     assert K.certify(p, loss_values=close).ok
     r = K.certify(p, loss_values=off)
@@ -498,7 +501,7 @@ def test_importing_the_harness_does_not_import_python_flint():
 def test_missing_python_flint_is_one_clear_line(monkeypatch):
     import sys
 
-    monkeypatch.setattr(K, "_FLINT", None)
+    monkeypatch.setattr("harness.certify.arb._FLINT", None)
     monkeypatch.setitem(sys.modules, "flint", None)
     with pytest.raises(K.CertifyUnavailable, match=r"pip install 'xent-harness\[certify\]'") as info:
         K.loss_balls(Problem(np.zeros((1, 2)), np.array([0])))
@@ -668,7 +671,7 @@ def ordinary_low_precision(rng: np.random.Generator) -> Problem:
 def correct_bits(value, ball) -> float:
     """-log2 of the relative distance from a reference value to an (exact or tight) ball:
     inf when they agree exactly, -inf when one is special (or zero) and the other not."""
-    ref = K._to_ref(value)
+    ref = reference_ball(value)
     if isinstance(ref, float) or isinstance(ball, float):
         same = isinstance(ref, float) and isinstance(ball, float) and (ref == ball or (math.isnan(ref) and math.isnan(ball)))
         return math.inf if same else -math.inf
@@ -770,7 +773,7 @@ def test_references_verify_certify_without_python_flint_exits_2(monkeypatch, cap
 
     from harness.cli import main
 
-    monkeypatch.setattr(K, "_FLINT", None)
+    monkeypatch.setattr("harness.certify.arb._FLINT", None)
     monkeypatch.setitem(sys.modules, "flint", None)
     assert main(["references", "verify", "--sample", "0", "--certify"]) == 2
     err = capsys.readouterr().err

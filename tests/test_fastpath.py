@@ -14,6 +14,7 @@ import pytest
 from gmpy2 import mpfr
 
 fp = pytest.importorskip("harness.fastpath")
+from harness.fastpath import exponential as fp_exp  # noqa: E402  (the reduction and polynomial constants)
 
 PREC = 300
 CTX = gmpy2.context(precision=PREC, emin=-(2**30), emax=2**30)
@@ -164,18 +165,18 @@ def test_constants_and_table():
     with gmpy2.context(CTX):
         ln2 = gmpy2.log(mpfr(2))
         L = ln2 / 1024
-        assert fp._INV_L == float(1024 / ln2)
-        assert mpfr(fp._L1) * 2**42 == int(mpfr(fp._L1) * 2**42)
-        assert abs(mpfr(fp._L1) + fp._L2 + fp._L3 - L) < mpfr(2) ** -154
+        assert fp_exp._INV_L == float(1024 / ln2)
+        assert mpfr(fp_exp._L1) * 2**42 == int(mpfr(fp_exp._L1) * 2**42)
+        assert abs(mpfr(fp_exp._L1) + fp_exp._L2 + fp_exp._L3 - L) < mpfr(2) ** -154
         for c, (h, lw) in {
-            3: (fp._C3H, fp._C3L),
-            4: (fp._C4H, fp._C4L),
-            5: (fp._C5H, fp._C5L),
+            3: (fp_exp._C3H, fp_exp._C3L),
+            4: (fp_exp._C4H, fp_exp._C4L),
+            5: (fp_exp._C5H, fp_exp._C5L),
         }.items():
             assert abs(mpfr(h) + lw - mpfr(1) / math.factorial(c)) < mpfr(
                 2
             ) ** -106 / math.factorial(c)
-        for c, v in {6: fp._C6, 7: fp._C7, 8: fp._C8}.items():
+        for c, v in {6: fp_exp._C6, 7: fp_exp._C7, 8: fp_exp._C8}.items():
             assert v == float(mpfr(1) / math.factorial(c))
         T = fp.exp_table()
         for i in range(1024):
@@ -376,9 +377,10 @@ def test_import_harness_does_not_import_numba():
 
 def test_stable_rows_agrees_with_the_numpy_specification():
     """stable_rows (compiled, with an integer screen) decides exactly like
-    reference._round_stable (the specification) on values crowding every format's boundaries."""
-    from harness import reference as R
+    reference.stability._round_stable (the specification) on values crowding every format's
+    boundaries."""
     from harness.formats import FORMATS
+    from harness.reference import stability
 
     rng = np.random.default_rng(11)
     vals = [10.0 ** rng.uniform(-300, 300, 4000), 10.0 ** rng.uniform(-50, 6, 4000)]
@@ -400,7 +402,7 @@ def test_stable_rows_agrees_with_the_numpy_specification():
     near = rng.random(hi.size) < 0.1  # |lo| at the float64 midpoint distance
     lo[near] = np.copysign(ulp[near] * 0.5 * (1 - 2.0**-20), lo[near])
     bound = np.abs(hi) * 2.0 ** rng.uniform(-120, -104, hi.size)
-    spec = R._round_stable(hi, lo, bound)
+    spec = stability._round_stable(hi, lo, bound)
     M = hi.size
     H = np.stack([hi, np.ones(M)], axis=1)
     L = np.stack([lo, np.zeros(M)], axis=1)
@@ -421,13 +423,14 @@ def test_warm_compiles_what_the_reference_runs(tmp_path):
                    timeout=600)
     code = """
 import json, numba
-from harness import fastpath as F, reference as R, scenarios as S
+from harness import reference as R, scenarios as S
+from harness.fastpath import exponential, scaling, stability
 for name, dtype in (("scale-1", "float32"), ("scale-1", "bfloat16"), ("weight-random-mean", "float64")):
     p = S.get(name).problem(dtype)
     R.evaluate(p, workers=1)
     for _ in R.blocks(p, workers=1, reuse=True):
         pass
-k = [F._exp_rows_kernel, F._scale_rows_kernel, F._stable_rows_kernel]
+k = [exponential._exp_rows_kernel, scaling._scale_rows_kernel, stability._stable_rows_kernel]
 print(json.dumps({"hits": sum(sum(d.stats.cache_hits.values()) for d in k),
                   "misses": sum(sum(d.stats.cache_misses.values()) for d in k)}))
 """

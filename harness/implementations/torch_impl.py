@@ -58,7 +58,6 @@ def to_numpy(t) -> np.ndarray:
 
 class _Torch(Implementation):
     requires = ("torch",)
-    torch_device = "cpu"
 
     def __init__(self, threads: int | None = None):
         self.threads = default_threads() if threads is None else int(threads)
@@ -70,13 +69,13 @@ class _Torch(Implementation):
             torch.set_num_threads(self.threads)
 
     def _tensors(self, problem: Problem):
-        x = to_torch(problem.logits, self.torch_device)
+        x = to_torch(problem.logits, self.device)  # torch's device names are the harness's
         target = problem.target
         if not problem.probability_target:
             # (C,) logits take a 0-d target; reshape guards against a (1,) copy of it
             target = target.reshape(problem.sample_shape)
-        t = to_torch(target, self.torch_device)
-        w = None if problem.weight is None else to_torch(problem.weight, self.torch_device)
+        t = to_torch(target, self.device)
+        w = None if problem.weight is None else to_torch(problem.weight, self.device)
         return x, t, w
 
     def _sync(self) -> None:
@@ -158,7 +157,6 @@ class TorchCPU(_Torch):
     name = "torch"
     description = "torch.nn.functional.cross_entropy on the CPU, gradient by autograd"
     devices = ("cpu",)
-    torch_device = "cpu"
 
 
 class TorchCUDA(_Torch):
@@ -167,7 +165,6 @@ class TorchCUDA(_Torch):
     name = "torch-cuda"
     description = "torch.nn.functional.cross_entropy on CUDA, gradient by autograd"
     devices = ("cuda",)
-    torch_device = "cuda"
     needs_gpu = True
 
     def available(self) -> str | None:

@@ -60,15 +60,12 @@ def fmt_num(x, sig: int = 3) -> str:
 
 
 def _value(x) -> str:
-    """An output or reference value in a sentence."""
+    """An output or reference value in a sentence: :func:`fmt_num`, but an unknown value is "?"
+    and +inf is signed, so that it reads against −inf."""
     x = _num(x)
     if x is None:
         return "?"
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "+inf" if x > 0 else "−inf"
-    return fmt_num(x)
+    return "+inf" if x == math.inf else fmt_num(x)
 
 
 def _jnum(x):
