@@ -272,7 +272,7 @@ BUILTINS: dict[str, str] = {
     "torch-cuda": "harness.implementations.torch_impl:TorchCUDA",
     "jax": "harness.implementations.jax_impl:JaxCPU",
     "jax-gpu": "harness.implementations.jax_impl:JaxGPU",
-    "cupy": "harness.implementations.cupy_impl:CupyKernel",
+    "cupy": "harness.implementations.cupy:CupyKernel",
 }
 
 

@@ -1,15 +1,19 @@
-"""The CuPy/CUDA kernel implementation (harness/implementations/cupy_impl.py, kernels/xent.cu).
+"""The CuPy/CUDA kernel implementation (harness/implementations/cupy/, kernels/xent.cu).
 
 Without a GPU:
 
 * nvcc compiles every kernel instantiation for sm_80 and sm_90, and ptxas reports no spills
   and no stack frame (local memory) for any of them; NVRTC (the run-time path) does the same;
-* importing the module does not import cupy, and ``available()`` explains why it cannot run;
-* the launch policy is checked on its own, and the whole launch path (``_Run``: uploads,
-  workspace, kernel choice, argument lists) runs against a host emulation of the CUDA source
+* importing the package does not import cupy, and ``available()`` explains why it cannot run;
+* the kernels' parameter structs: the host declarations (``params.py``) list the fields of
+  xent.cu's structs in order, and g++ and nvcc (host and device passes) lay them out at the
+  offsets, sizes and alignments of the NumPy dtypes;
+* the launch policy is checked on its own, and the whole launch path (``DeviceRun``: uploads,
+  workspace, kernel choice, parameter structs) runs against a host emulation of the CUDA source
   (one std::thread per CUDA thread, barriers for __syncthreads and shuffles, blocks in turn),
-  compared with torch float64 and an accurate float64 formula. Out-of-bounds writes (canaries
-  around every array) and misaligned 128-bit accesses fail the tests.
+  compared with torch float64 and an accurate float64 formula. Every launch's arguments must
+  match the kernel's parameter types one for one; out-of-bounds writes (canaries around every
+  array) and misaligned 128-bit accesses fail the tests.
 
 With a GPU (``@pytest.mark.gpu``, skipped with a reason otherwise): the same comparisons on the
 device, every option and dtype, C from 1 to 262144, K-dim, hard cases, determinism, no local
@@ -33,7 +37,8 @@ import numpy as np
 import pytest
 
 from harness.formats import format_of
-from harness.implementations import cupy_impl as ci
+from harness.implementations import cupy as ci
+from harness.implementations.cupy import params
 from harness.problem import Problem
 
 NVCC = shutil.which("nvcc")
@@ -279,8 +284,8 @@ gpu = pytest.mark.skipif(NO_GPU is not None, reason=f"cupy kernel unavailable: {
 
 def test_import_does_not_import_cupy():
     code = (
-        "import sys, harness.implementations.cupy_impl as m, harness.registry as r\n"
-        "e = r._builtin('cupy')\n"
+        "import sys, harness.implementations.cupy as m, harness.registry as r\n"
+        "e = r.builtin('cupy')\n"
         "print('cupy' in sys.modules, e.impl is not None)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -295,9 +300,10 @@ def test_available_gives_a_one_line_reason_without_a_device():
 
 
 def test_registry_entry():
-    from harness.registry import _builtin
+    from harness.registry import BUILTINS, builtin
 
-    entry = _builtin("cupy")
+    assert BUILTINS["cupy"] == "harness.implementations.cupy:CupyKernel"
+    entry = builtin("cupy")
     assert entry.error is None and isinstance(entry.impl, ci.CupyKernel)
     d = entry.impl.describe()
     assert d["devices"] == ["cuda"] and d["grad"] and set(d["dtypes"]) == set(DTYPES)
@@ -597,7 +603,49 @@ class GuardedNumpy:
         )
 
 
+#: C++ for the emulator library: each kernel's parameter list as "Type:bytes ..." (the structs
+#: of xent.cu by name), so that every launch is checked against the kernel's signature.
+EMULATOR_SIGNATURES = r"""
+#include <cstdio>
+#include <string>
+template <class T> const char* param_name(const Tensors<T>*) { return "Tensors"; }
+template <class A> const char* param_name(const Split<A>*) { return "Split"; }
+inline const char* param_name(const Shape*) { return "Shape"; }
+inline const char* param_name(const Options*) { return "Options"; }
+inline const char* param_name(const Reduce*) { return "Reduce"; }
+inline const char* param_name(const int*) { return "int"; }
+template <class... P> std::string emu_params(void (*)(P...)) {
+    std::string s;
+    ((s += std::string(param_name((const std::remove_cv_t<P>*)nullptr)) + ":" +
+           std::to_string(sizeof(P)) + " "),
+     ...);
+    return s;
+}
+"""
+
+#: parameter struct dtype -> its C name (what EMULATOR_SIGNATURES calls it)
+STRUCT_NAMES = {st.dtype: st.name for st in params.STRUCTS}
+
+
+class EmulatorBuildError(RuntimeError):
+    pass
+
+
+def gxx_build(out: Path, source: Path, *extra: str) -> None:
+    """g++ -std=c++20 (for <barrier> and _Float16); skips when this g++ lacks them."""
+    cmd = [GXX, "-std=c++20", "-O1", "-pthread", "-w", *extra, "-o", str(out), str(source)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        if "barrier" in res.stderr or "_Float16" in res.stderr:
+            pytest.skip(f"g++ lacks C++20 <barrier> or _Float16: {res.stderr.splitlines()[0]}")
+        raise EmulatorBuildError(res.stderr[-4000:])
+
+
 class Emulator:
+    """xent.cu built for the host as a shared library; :meth:`loader` stands in for
+    ``build.load_kernels``, and launches take the arguments CuPy would: one-element NumPy arrays
+    of the parameter structs, passed by value, and NumPy scalars."""
+
     def __init__(self, lib_path: Path, names: list[str]):
         self.lib = ctypes.CDLL(str(lib_path))
         self.lib.emu_launch_kernel.argtypes = [
@@ -606,26 +654,35 @@ class Emulator:
             ctypes.c_uint,
             ctypes.POINTER(ctypes.c_void_p),
         ]
+        self.lib.emu_signature.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.lib.emu_misaligned.restype = ctypes.c_longlong
         self.index = {n: i for i, n in enumerate(names)}
         self.launched: list[str] = []
 
+    def signature(self, name: str) -> str:
+        """The kernel's parameters as "Type:bytes ..."."""
+        buf = ctypes.create_string_buffer(4096)
+        assert self.lib.emu_signature(self.index[name], buf, len(buf)) == 0
+        return buf.value.decode()
+
     @staticmethod
-    def _value(a):
-        if a is None:
-            return ctypes.c_void_p(0)
-        if isinstance(a, np.ndarray):
-            return ctypes.c_void_p(a.ctypes.data)
-        return {np.int64: ctypes.c_int64, np.int32: ctypes.c_int32, np.float64: ctypes.c_double}[
-            type(a)
-        ](a.item())
+    def _argument(a):
+        """(what keeps the value alive, its address, "Type:bytes") of one launch argument."""
+        if isinstance(a, np.ndarray):  # a parameter struct, passed by value as CuPy does
+            assert a.size == 1 and a.flags.c_contiguous, a
+            return a, a.ctypes.data, f"{STRUCT_NAMES[a.dtype]}:{a.dtype.itemsize}"
+        assert type(a) is np.int32, f"unexpected kernel argument {a!r}"
+        c = ctypes.c_int32(a.item())
+        return c, ctypes.addressof(c), "int:4"
 
     def loader(self, names):
         def kernel(name):
             def launch(grid, block, args):
                 assert len(grid) == 1 and len(block) == 1 and block[0] % 32 == 0
-                values = [self._value(a) for a in args]
-                ptrs = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+                held = [self._argument(a) for a in args]
+                got = "".join(f"{sig} " for _, _, sig in held)
+                assert got == self.signature(name), f"{name}: passed {got}"
+                ptrs = (ctypes.c_void_p * len(held))(*[addr for _, addr, _ in held])
                 assert self.lib.emu_launch_kernel(self.index[name], grid[0], block[0], ptrs) == 0
                 self.launched.append(name)
 
@@ -635,21 +692,19 @@ class Emulator:
 
     def run(self, problem: Problem, backward: bool, sms: int = 3):
         xp = GuardedNumpy()
-        run = ci._Run(problem, backward, xp=xp, loader=self.loader, sms=sms)
+        run = ci.DeviceRun(problem, backward, xp=xp, loader=self.loader, sms=sms)
         run.launch()
         assert xp.canaries_intact(), "a kernel wrote outside an array"
         assert self.lib.emu_misaligned() == 0, "a 128-bit access was not 16-byte aligned"
         return run
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    if GXX is None:
-        pytest.skip("g++ is not on PATH")
+def build_emulator(directory: Path) -> Emulator:
+    """Compile xent.cu with EMULATOR_H into a shared library in ``directory``."""
     _, names = ci.kernel_source()
-    d = tmp_path_factory.mktemp("xent_emulator")
-    (d / "emulator.h").write_text(EMULATOR_H)
-    src = [f'#include "{d / "emulator.h"}"', f'#include "{ci.KERNEL_PATH}"']
+    (directory / "emulator.h").write_text(EMULATOR_H)
+    src = [f'#include "{directory / "emulator.h"}"', f'#include "{ci.KERNEL_PATH}"']
+    src.append(EMULATOR_SIGNATURES)
     src.append('extern "C" long long emu_misaligned() { return g_misaligned.exchange(0); }')
     src.append(
         'extern "C" int emu_launch_kernel(int which, unsigned grid, unsigned block, void** args) {'
@@ -660,26 +715,129 @@ def emulator(tmp_path_factory):
         for i, n in enumerate(names)
     ]
     src += ["    }", "    return -1;", "}"]
-    (d / "emulator.cpp").write_text("\n".join(src) + "\n")
-    lib = d / "libxent_emulator.so"
-    cmd = [
-        GXX,
-        "-std=c++20",
-        "-O1",
-        "-pthread",
-        "-shared",
-        "-fPIC",
-        "-w",
-        "-o",
-        str(lib),
-        str(d / "emulator.cpp"),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        if "barrier" in out.stderr or "_Float16" in out.stderr:
-            pytest.skip(f"g++ lacks C++20 <barrier> or _Float16: {out.stderr.splitlines()[0]}")
-        raise AssertionError(out.stderr[-4000:])
+    src.append('extern "C" int emu_signature(int which, char* buf, int n) {')
+    src.append("    std::string s;")
+    src.append("    switch (which) {")
+    src += [f"        case {i}: s = emu_params(&{n}); break;" for i, n in enumerate(names)]
+    src += ["        default: return -1;", "    }"]
+    src += ['    std::snprintf(buf, n, "%s", s.c_str());', "    return 0;", "}"]
+    (directory / "emulator.cpp").write_text("\n".join(src) + "\n")
+    lib = directory / "libxent_emulator.so"
+    gxx_build(lib, directory / "emulator.cpp", "-shared", "-fPIC")
     return Emulator(lib, names)
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    if GXX is None:
+        pytest.skip("g++ is not on PATH")
+    return build_emulator(tmp_path_factory.mktemp("xent_emulator"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Without a GPU: the parameter structs of xent.cu and their host declarations
+# ---------------------------------------------------------------------------------------------
+ELEMENT_TYPES = ("half_t", "bfloat16_t", "float", "double")  # T (or A) of the templated structs
+
+
+def c_structs(source: str) -> dict[str, tuple[bool, list[tuple[str, str]]]]:
+    """struct name -> (templated, [(field, C type with pointers as "ptr")]) for every parameter
+    struct of the source, read from its declarations (one field per line)."""
+    out = {}
+    for st in params.STRUCTS:
+        m = re.search(
+            r"^(template <typename \w+> )?struct " + st.name + r" \{\n(.*?)^\};",
+            source,
+            re.MULTILINE | re.DOTALL,
+        )
+        assert m, f"struct {st.name} not found in xent.cu"
+        fields = []
+        for line in m[2].splitlines():
+            code = line.split("//")[0].strip()
+            if code:
+                decl = re.fullmatch(r"(.+?)\s*\b(\w+);", code)
+                assert decl, f"{st.name}: cannot read {line!r}"
+                ctype = "ptr" if "*" in decl[1] else decl[1]
+                fields.append((decl[2], ctype))
+        out[st.name] = (m[1] is not None, fields)
+    return out
+
+
+def _instances(source: str) -> list[tuple[params.CStruct, str]]:
+    """(host declaration, C++ type) for every struct, templates at each element type."""
+    templated = {name: t for name, (t, _) in c_structs(source).items()}
+    return [
+        (st, f"{st.name}<{t}>" if templated[st.name] else st.name)
+        for st in params.STRUCTS
+        for t in (ELEMENT_TYPES if templated[st.name] else ("",))
+    ]
+
+
+def test_struct_declarations_match_xent_cu():
+    text, _ = ci.kernel_source()
+    for name, (_, fields) in c_structs(text).items():
+        st = next(s for s in params.STRUCTS if s.name == name)
+        assert list(st.fields) == fields, f"{name}: params.py {st.fields} != xent.cu {fields}"
+
+
+def test_struct_pack():
+    a = params.OPTIONS.pack(ignore_index=-100, om=0.75, eoc=0.025, reduction=2)
+    assert a.shape == (1,) and a.dtype.itemsize == 32 and a.dtype.alignment == 8
+    raw = a.tobytes()
+    assert np.frombuffer(raw[:8], np.int64)[0] == -100
+    assert np.frombuffer(raw[8:24], np.float64).tolist() == [0.75, 0.025]
+    assert np.frombuffer(raw[24:28], np.int32)[0] == 2 and raw[28:] == bytes(4)  # padding
+    arr = np.zeros(3)
+    t = params.TENSORS.pack(x=arr, tidx=None, tprob=None, w=None, grad=None, out=arr)
+    assert t["x"][0] == t["out"][0] == arr.ctypes.data and t["tidx"][0] == 0
+    with pytest.raises(TypeError, match="missing"):
+        params.SHAPE.pack(M=1, C=2)
+
+
+def test_struct_layout_on_the_host(tmp_path):
+    """g++ compiles xent.cu for the host (as the emulator does) and prints sizeof, alignof,
+    offsetof and the member sizes of every struct: they equal the NumPy dtypes'."""
+    if GXX is None:
+        pytest.skip("g++ is not on PATH")
+    text, _ = ci.kernel_source()
+    (tmp_path / "emulator.h").write_text(EMULATOR_H)
+    lines = ["#include <cstddef>", "#include <cstdio>", f'#include "{tmp_path / "emulator.h"}"']
+    lines += [f'#include "{ci.KERNEL_PATH}"', "int main() {"]
+    expected = []
+    for st, ct in _instances(text):
+        lines.append(f'    std::printf("{ct} %zu %zu\\n", sizeof({ct}), alignof({ct}));')
+        expected.append(f"{ct} {st.dtype.itemsize} {st.dtype.alignment}")
+        for f, _ in st.fields:
+            lines.append(
+                f'    std::printf("{ct}.{f} %zu %zu\\n", offsetof({ct}, {f}), sizeof({ct}::{f}));'
+            )
+            off, size = st.dtype.fields[f][1], st.dtype.fields[f][0].itemsize
+            expected.append(f"{ct}.{f} {off} {size}")
+    lines += ["    return 0;", "}"]
+    (tmp_path / "layout.cpp").write_text("\n".join(lines) + "\n")
+    gxx_build(tmp_path / "layout", tmp_path / "layout.cpp")
+    out = subprocess.run([tmp_path / "layout"], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == expected
+
+
+def test_struct_layout_in_nvcc_device_code(tmp_path):
+    """nvcc compiles static_asserts of the NumPy layout for sm_90: the device pass (the layout
+    the kernels read their parameters with) and the host pass both agree."""
+    if NVCC is None:
+        pytest.skip("nvcc is not on PATH")
+    text, _ = ci.kernel_source()
+    lines = ["#include <cstddef>", f'#include "{ci.KERNEL_PATH}"']
+    for st, ct in _instances(text):
+        lines.append(f'static_assert(sizeof({ct}) == {st.dtype.itemsize}, "sizeof {ct}");')
+        lines.append(f'static_assert(alignof({ct}) == {st.dtype.alignment}, "alignof {ct}");')
+        for f, _ in st.fields:
+            off, size = st.dtype.fields[f][1], st.dtype.fields[f][0].itemsize
+            lines.append(f'static_assert(offsetof({ct}, {f}) == {off}, "offsetof {ct}.{f}");')
+            lines.append(f'static_assert(sizeof({ct}::{f}) == {size}, "sizeof {ct}.{f}");')
+    (tmp_path / "layout.cu").write_text("\n".join(lines) + "\n")
+    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-c", "-o", str(tmp_path / "layout.o")]
+    out = subprocess.run([*cmd, str(tmp_path / "layout.cu")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _check_against(emulator_or_impl, problem: Problem, ref, what: str) -> str:
@@ -926,7 +1084,7 @@ def test_gpu_class_counts_cover_every_layout(dtype):
                 p = random_problem(
                     rng, dtype, (N, C), prob=prob, ignore=not prob, eps=eps, reduction="mean"
                 )
-                run = ci._Run(p, True)
+                run = ci.DeviceRun(p, True)
                 layouts.add(run.plan.layout)
                 _check_against(_impl(), p, torch_reference(p), f"gpu C={C}")
     assert layouts == {"group", "block", "split"}

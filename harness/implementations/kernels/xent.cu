@@ -50,6 +50,8 @@
 //                                 (neighbouring threads read neighbouring addresses)
 //   xent_split_stats/_finish/_grad  huge C with few rows: several blocks per row
 //   xent_weight_sum<T>            sum_n w_{y_n} over non-ignored rows (for the fused 'mean')
+// Every kernel takes its parameters as plain structs by value (see "Kernel parameters":
+// Tensors<T>, Shape, Options, then Reduce and/or Split<A>; xent_group also its lanes per row).
 // In the fused row kernels each thread keeps its first NC packs of the row in registers between
 // the statistics sweep and the gradient sweep (NC = 4, 16 elements in the strided kernel);
 // packs beyond that are re-read (L1/L2 hits). __launch_bounds__ caps registers at 128 per
@@ -137,16 +139,19 @@ __device__ __forceinline__ unsigned short f32_to_bf16_bits(float f) {
 #endif
 }
 
+// A 16-bit element (half_t, bfloat16_t) from its bit pattern.
+template <typename T> __device__ __forceinline__ T from_bits(unsigned short bits) {
+    T v;
+    v.bits = bits;
+    return v;
+}
+
 template <typename T> __device__ __forceinline__ T from_float(float f);
 template <> __device__ __forceinline__ half_t from_float<half_t>(float f) {
-    half_t h;
-    h.bits = float_to_half_bits(f);
-    return h;
+    return from_bits<half_t>(float_to_half_bits(f));
 }
 template <> __device__ __forceinline__ bfloat16_t from_float<bfloat16_t>(float f) {
-    bfloat16_t b;
-    b.bits = f32_to_bf16_bits(f);
-    return b;
+    return from_bits<bfloat16_t>(f32_to_bf16_bits(f));
 }
 template <> __device__ __forceinline__ float from_float<float>(float f) { return f; }
 
@@ -158,23 +163,21 @@ template <> __device__ __forceinline__ double from_acc<double>(double a) { retur
 // double -> T with a single rounding (used for the reduced 'mean'/'sum' loss).
 template <typename T> __device__ __forceinline__ T from_double(double d);
 template <> __device__ __forceinline__ half_t from_double<half_t>(double d) {
-    half_t h;
-    h.bits = double_to_half_bits(d);
-    return h;
+    return from_bits<half_t>(double_to_half_bits(d));
 }
 template <> __device__ __forceinline__ bfloat16_t from_double<bfloat16_t>(double d) {
-    bfloat16_t b;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(XENT_EMULATE)
-    asm("cvt.rn.bf16.f64 %0, %1;" : "=h"(b.bits) : "d"(d));
+    unsigned short b;
+    asm("cvt.rn.bf16.f64 %0, %1;" : "=h"(b) : "d"(d));
+    return from_bits<bfloat16_t>(b);
 #else
     // Round to odd into float (truncate, then set the sticky bit if anything was cut off),
     // then round to nearest into bfloat16: float keeps >= 2 extra bits, so this equals one
     // correct rounding of d.
     unsigned int u = __float_as_uint(__double2float_rz(d));
     if ((double)__uint_as_float(u) != d && d == d) u |= 1u;
-    b.bits = f32_to_bf16_bits(__uint_as_float(u));
+    return from_bits<bfloat16_t>(f32_to_bf16_bits(__uint_as_float(u)));
 #endif
-    return b;
 }
 template <> __device__ __forceinline__ float from_double<float>(double d) { return __double2float_rn(d); }
 template <> __device__ __forceinline__ double from_double<double>(double d) { return d; }
@@ -312,21 +315,59 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& v) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Launch arguments shared by the row kernels
+// Kernel parameters: plain structs passed by value, one per group. The host side
+// (harness/implementations/cupy/params.py) declares the same fields in the same order as NumPy
+// structured dtypes; tests/test_cupy_kernel.py reads the field lists below and has g++ and nvcc
+// check every offset, size and alignment. Pointer members are device addresses, null where
+// absent; the layout does not depend on T or A (every pointer is 8 bytes). nvcc does not take
+// pointers read from a struct as __restrict__: scalar loads are plain ld.global (the 128-bit
+// loads are explicit ld.global.nc, see ldg_v4).
 // ---------------------------------------------------------------------------------------------
-template <typename T> struct Args {
-    const T* x;          // logits
-    const i64* tidx;     // index targets (M,), or null
-    const T* tprob;      // probability targets (logits' layout), or null
-    const T* w;          // class weights (C,), or null
-    T* grad;             // gradient (logits' layout), or null for forward only
-    T* out;              // per-row losses (M,) for 'none', else the scalar loss
-    i64 M, C;
-    i64 ignore_index;
-    double om;           // 1 - label_smoothing
-    double eoc;          // label_smoothing / C
-    int reduction;       // 0 none, 1 sum, 2 mean
+// The problem's arrays.
+template <typename T> struct Tensors {
+    const T* x;       // logits
+    const i64* tidx;  // index targets (M,), or null
+    const T* tprob;   // probability targets (logits' layout), or null
+    const T* w;       // class weights (C,), or null
+    T* grad;          // gradient (logits' layout), or null for forward only
+    T* out;           // per-row losses (M,) for 'none', else the scalar loss
 };
+
+// Sizes and the class stride.
+struct Shape {
+    i64 M;  // rows (samples)
+    i64 C;  // classes
+    i64 D;  // stride between classes: d1*...*dk for xent_strided (K-dim in place), else 1
+};
+
+// torch.nn.functional.cross_entropy's options.
+struct Options {
+    i64 ignore_index;
+    double om;      // 1 - label_smoothing
+    double eoc;     // label_smoothing / C
+    int reduction;  // 0 none, 1 sum, 2 mean
+};
+
+// The deterministic grid-wide sum over rows (grid_sum2) and the gradient's scale.
+struct Reduce {
+    double* partials;       // 2 * gridDim.x doubles
+    unsigned int* counter;  // 0 on entry; the last block resets it
+    double* den;            // sum_n w_{y_n}: written by xent_weight_sum, read by the fused 'mean'
+                            // over index targets; null when not precomputed
+    double scale;           // gradient scale when den is null: 1/M ('mean', probabilities), else 1
+};
+
+// Split rows: block b handles chunk b % splits of row b / splits. A = AccOf<T>::type.
+template <typename A> struct Split {
+    i64 splits;   // blocks per row
+    i64 chunk;    // packs per block
+    A* ws;        // 4 partial statistics per (row, chunk)
+    A* rowinfo;   // 4 gradient coefficients per row (BWD), or null
+    i64* rowtgt;  // target class per row (BWD), or null
+};
+
+// What the device functions below read: a.x, a.C, a.om, ... (built from the parameters).
+template <typename T> struct Args : Tensors<T>, Shape, Options {};
 
 // Coefficients q_j of one pack (class index j0 .. j0+N-1): the weights for label smoothing, the
 // weighted smoothed targets for probability targets. tp points at the target of class j0.
@@ -670,16 +711,17 @@ __device__ __forceinline__ void block_sum2(double& a, double& b, double* sh /* 6
 
 // Grid-wide sum of (a, b) over a 1-D grid. Returns true in the one block that finishes last;
 // there every thread holds the grand totals, added in a fixed order (deterministic).
-// partials holds 2 * gridDim.x doubles; *counter is 0 on entry and is reset to 0 by the last
-// block, ready for the next launch on the stream.
-__device__ __forceinline__ bool grid_sum2(double& a, double& b, double* partials,
-                                          unsigned int* counter, double* sh, bool* sh_flag) {
+// red.partials holds 2 * gridDim.x doubles; *red.counter is 0 on entry and is reset to 0 by the
+// last block, ready for the next launch on the stream.
+__device__ __forceinline__ bool grid_sum2(double& a, double& b, const Reduce& red, double* sh,
+                                          bool* sh_flag) {
+    double* const partials = red.partials;
     block_sum2(a, b, sh);
     if (threadIdx.x == 0) {
         partials[2 * (i64)blockIdx.x] = a;
         partials[2 * (i64)blockIdx.x + 1] = b;
         __threadfence();  // publish the partials before taking a ticket
-        const unsigned int ticket = atomicAdd(counter, 1u);
+        const unsigned int ticket = atomicAdd(red.counter, 1u);
         *sh_flag = (ticket == gridDim.x - 1);
     }
     __syncthreads();
@@ -692,67 +734,45 @@ __device__ __forceinline__ bool grid_sum2(double& a, double& b, double* partials
         b += __ldcg(partials + 2 * i + 1);
     }
     block_sum2(a, b, sh);
-    if (threadIdx.x == 0) *counter = 0u;
+    if (threadIdx.x == 0) *red.counter = 0u;
     return true;
 }
 
-// 'sum' / 'mean' of the per-row losses; den_ptr, when given, is the precomputed denominator.
+// 'sum' / 'mean' of the per-row losses; red.den, when given, is the precomputed denominator.
 template <typename T>
-__device__ __forceinline__ void reduce_loss(const Args<T>& a, const double* den_ptr, double lacc,
-                                            double dacc, double* partials, unsigned int* counter,
-                                            double* sh, bool* sh_flag) {
+__device__ __forceinline__ void reduce_loss(const Args<T>& a, const Reduce& red, double lacc,
+                                            double dacc, double* sh, bool* sh_flag) {
     if (a.reduction == 0) return;  // grid-uniform
-    if (grid_sum2(lacc, dacc, partials, counter, sh, sh_flag) && threadIdx.x == 0) {
-        const double den = (den_ptr != nullptr) ? *den_ptr : dacc;
+    if (grid_sum2(lacc, dacc, red, sh, sh_flag) && threadIdx.x == 0) {
+        const double den = (red.den != nullptr) ? *red.den : dacc;
         a.out[0] = from_double<T>(a.reduction == 2 ? xdiv(lacc, den) : lacc);  // all ignored: 0/0 = NaN
     }
 }
 
-template <typename T>
-__device__ __forceinline__ typename AccOf<T>::type grad_scale(const double* den_ptr, double scale_const) {
-    typedef typename AccOf<T>::type A;
-    return (den_ptr != nullptr) ? (A)xdiv(1.0, *den_ptr) : (A)scale_const;
+template <typename A>
+__device__ __forceinline__ A grad_scale(const Reduce& red) {
+    return (red.den != nullptr) ? (A)xdiv(1.0, *red.den) : (A)red.scale;
 }
 
-#define XENT_ROW_PARAMS                                                                          \
-    const T* __restrict__ x, const i64* __restrict__ tidx, const T* __restrict__ tprob,         \
-        const T* __restrict__ w, T* __restrict__ grad, T* __restrict__ out, i64 M, i64 C,        \
-        i64 ignore_index, double om, double eoc, int reduction, const double* __restrict__ den_ptr, \
-        double scale_const, double* __restrict__ partials, unsigned int* __restrict__ counter, i64 aux
-
-#define XENT_MAKE_ARGS                                                                           \
-    Args<T> a;                                                                                   \
-    a.x = x;                                                                                     \
-    a.tidx = tidx;                                                                               \
-    a.tprob = tprob;                                                                             \
-    a.w = w;                                                                                     \
-    a.grad = grad;                                                                               \
-    a.out = out;                                                                                 \
-    a.M = M;                                                                                     \
-    a.C = C;                                                                                     \
-    a.ignore_index = ignore_index;                                                               \
-    a.om = om;                                                                                   \
-    a.eoc = eoc;                                                                                 \
-    a.reduction = reduction
-
 // ---------------------------------------------------------------------------------------------
-// Row kernels. Common parameters (XENT_ROW_PARAMS): logits, index targets or null, probability
-// targets or null, weights or null, grad (null when !BWD), out, M, C, ignore_index, 1-eps,
-// eps/C, reduction, den_ptr (fused index 'mean': the denominator from xent_weight_sum, else
-// null), scale_const (gradient scale when den_ptr is null), partials (2 * gridDim.x doubles),
-// counter (a zeroed unsigned int), aux (group: lanes per row G; strided: D; block: unused).
+// Row kernels. Parameters: the problem's arrays (grad null when !BWD), its shape (D: the class
+// stride, read by xent_strided only) and options, the reduction (den: the fused index 'mean''s
+// denominator from xent_weight_sum, else null; scale: the gradient scale when den is null);
+// xent_group also takes its lanes per row.
 // ---------------------------------------------------------------------------------------------
 
 // Small C: G lanes per row (G a power of two <= 32), 32/G rows per warp, 256 threads per block,
 // grid-stride over rows. Launch with blockDim.x == 256.
 template <typename T, int VEC, int MODE, bool BWD>
-__global__ void __launch_bounds__(256, 2) xent_group(XENT_ROW_PARAMS) {
+__global__ void __launch_bounds__(256, 2) xent_group(const Tensors<T> tensors, const Shape shape,
+                                                     const Options options, const Reduce red,
+                                                     const int lanes) {
     typedef typename AccOf<T>::type A;
     __shared__ double sh_sum[64];
     __shared__ bool sh_flag;
-    XENT_MAKE_ARGS;
-    const A scale = grad_scale<T>(den_ptr, scale_const);
-    const int G = (int)aux;
+    const Args<T> a{tensors, shape, options};
+    const A scale = grad_scale<A>(red);
+    const int G = lanes;
     const int log2g = __ffs(G) - 1;  // shifts: integer division would be a subroutine call
     const int lane = threadIdx.x & 31;
     const int li = lane & (G - 1);
@@ -764,51 +784,53 @@ __global__ void __launch_bounds__(256, 2) xent_group(XENT_ROW_PARAMS) {
     const TeamGroup team{G};
     // the loop bound depends on the warp only, so all 32 lanes run the same iterations and
     // meet in the shuffles
-    for (i64 first = warp_id * rows_per_warp; first < M; first += warp_stride * rows_per_warp) {
+    for (i64 first = warp_id * rows_per_warp; first < a.M; first += warp_stride * rows_per_warp) {
         const i64 row = first + (lane >> log2g);
-        const bool valid = row < M;
-        process_row<T, VEC, MODE, BWD, BWD ? 4 : 0>(a, row, valid, row * C, 1, li, G, team, scale,
+        const bool valid = row < a.M;
+        process_row<T, VEC, MODE, BWD, BWD ? 4 : 0>(a, row, valid, row * a.C, 1, li, G, team, scale,
                                                     lacc, dacc);
     }
-    reduce_loss<T>(a, den_ptr, lacc, dacc, partials, counter, sh_sum, &sh_flag);
+    reduce_loss<T>(a, red, lacc, dacc, sh_sum, &sh_flag);
 }
 
 // Large C: one block per row (blockDim.x a power of two in [64, 512]), grid-stride over rows.
 template <typename T, int VEC, int MODE, bool BWD>
-__global__ void __launch_bounds__(512, 1) xent_block(XENT_ROW_PARAMS) {
+__global__ void __launch_bounds__(512, 1) xent_block(const Tensors<T> tensors, const Shape shape,
+                                                     const Options options, const Reduce red) {
     typedef typename AccOf<T>::type A;
     __shared__ Stats<A> sh_stats[32];
     __shared__ double sh_sum[64];
     __shared__ bool sh_flag;
-    XENT_MAKE_ARGS;
-    const A scale = grad_scale<T>(den_ptr, scale_const);
+    const Args<T> a{tensors, shape, options};
+    const A scale = grad_scale<A>(red);
     double lacc = 0.0, dacc = 0.0;
     const TeamBlock<A> team{sh_stats};
-    for (i64 row = blockIdx.x; row < M; row += gridDim.x) {  // block-uniform
-        process_row<T, VEC, MODE, BWD, BWD ? 4 : 0>(a, row, true, row * C, 1, (int)threadIdx.x,
+    for (i64 row = blockIdx.x; row < a.M; row += gridDim.x) {  // block-uniform
+        process_row<T, VEC, MODE, BWD, BWD ? 4 : 0>(a, row, true, row * a.C, 1, (int)threadIdx.x,
                                                     (int)blockDim.x, team, scale, lacc, dacc);
     }
-    reduce_loss<T>(a, den_ptr, lacc, dacc, partials, counter, sh_sum, &sh_flag);
+    reduce_loss<T>(a, red, lacc, dacc, sh_sum, &sh_flag);
 }
 
-// K-dim (N, C, D) with classes at stride D = aux: one thread per row r = n*D + s, whose class c
-// sits at n*C*D + c*D + s; consecutive threads read consecutive addresses. Up to 16 elements
-// per thread stay in registers for the gradient sweep.
+// K-dim (N, C, D) with classes at stride D = shape.D: one thread per row r = n*D + s, whose
+// class c sits at n*C*D + c*D + s; consecutive threads read consecutive addresses. Up to 16
+// elements per thread stay in registers for the gradient sweep.
 template <typename T, int MODE, bool BWD>
-__global__ void __launch_bounds__(256, 2) xent_strided(XENT_ROW_PARAMS) {
+__global__ void __launch_bounds__(256, 2) xent_strided(const Tensors<T> tensors, const Shape shape,
+                                                       const Options options, const Reduce red) {
     typedef typename AccOf<T>::type A;
     __shared__ double sh_sum[64];
     __shared__ bool sh_flag;
-    XENT_MAKE_ARGS;
-    const A scale = grad_scale<T>(den_ptr, scale_const);
-    const i64 D = aux;
+    const Args<T> a{tensors, shape, options};
+    const A scale = grad_scale<A>(red);
+    const i64 D = a.D;
     double lacc = 0.0, dacc = 0.0;
     const TeamSolo team;
     const i64 stride = (i64)gridDim.x * blockDim.x;
     // row = n*D + s without a 64-bit integer division (a subroutine call in SASS): a double
     // estimate, exact to +-1 for row < 2^52, then an integer correction
     const double inv_d = xdiv(1.0, (double)D);
-    for (i64 row = (i64)blockIdx.x * blockDim.x + threadIdx.x; row < M; row += stride) {
+    for (i64 row = (i64)blockIdx.x * blockDim.x + threadIdx.x; row < a.M; row += stride) {
         i64 n = (i64)((double)row * inv_d);
         i64 s = row - n * D;
         while (s < 0) {
@@ -819,10 +841,10 @@ __global__ void __launch_bounds__(256, 2) xent_strided(XENT_ROW_PARAMS) {
             s -= D;
             ++n;
         }
-        process_row<T, 1, MODE, BWD, BWD ? 16 : 0>(a, row, true, n * C * D + s, D, 0, 1, team, scale,
-                                                   lacc, dacc);
+        process_row<T, 1, MODE, BWD, BWD ? 16 : 0>(a, row, true, n * a.C * D + s, D, 0, 1, team,
+                                                   scale, lacc, dacc);
     }
-    reduce_loss<T>(a, den_ptr, lacc, dacc, partials, counter, sh_sum, &sh_flag);
+    reduce_loss<T>(a, red, lacc, dacc, sh_sum, &sh_flag);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -832,39 +854,36 @@ __global__ void __launch_bounds__(256, 2) xent_strided(XENT_ROW_PARAMS) {
 //    'mean' reduction) and, for BWD, the row's gradient coefficients -> rowinfo, rowtgt
 // 3. xent_split_grad: every chunk writes its gradient (re-reading the logits, mostly from L2)
 // ---------------------------------------------------------------------------------------------
+// The row, chunk and packs [k0, k1) of this block of xent_split_stats / xent_split_grad.
+struct SplitBlock {
+    i64 row, part, k0, k1;
+};
+template <int VEC, typename A>
+__device__ __forceinline__ SplitBlock split_block(const Split<A>& sp, i64 C) {
+    SplitBlock b;
+    // 32-bit division: the grid and splits are < 2^31
+    b.row = (i64)(blockIdx.x / (unsigned int)sp.splits);
+    b.part = (i64)blockIdx.x - b.row * sp.splits;
+    const i64 nvec = C / VEC;
+    b.k0 = b.part * sp.chunk;
+    b.k1 = (b.k0 + sp.chunk < nvec) ? b.k0 + sp.chunk : nvec;
+    return b;
+}
+
 template <typename T, int VEC, int MODE>
-__global__ void __launch_bounds__(256, 2) xent_split_stats(const T* __restrict__ x,
-                                                        const T* __restrict__ tprob,
-                                                        const T* __restrict__ w, i64 M, i64 C,
-                                                        double om, double eoc, i64 splits,
-                                                        i64 chunk, typename AccOf<T>::type* ws) {
+__global__ void __launch_bounds__(256, 2) xent_split_stats(const Tensors<T> tensors,
+                                                           const Shape shape, const Options options,
+                                                           const Split<typename AccOf<T>::type> sp) {
     typedef typename AccOf<T>::type A;
     constexpr bool Q = MODE != 0;
     __shared__ Stats<A> sh_stats[32];
-    Args<T> a;
-    a.x = x;
-    a.tidx = nullptr;
-    a.tprob = tprob;
-    a.w = w;
-    a.grad = nullptr;
-    a.out = nullptr;
-    a.M = M;
-    a.C = C;
-    a.ignore_index = 0;
-    a.om = om;
-    a.eoc = eoc;
-    a.reduction = 0;
-    // 32-bit division: the grid and splits are < 2^31
-    const i64 row = (i64)(blockIdx.x / (unsigned int)splits);
-    const i64 part = (i64)blockIdx.x - row * splits;
-    const i64 nvec = C / VEC;
-    const i64 k0 = part * chunk;
-    const i64 k1 = (k0 + chunk < nvec) ? k0 + chunk : nvec;
-    const T* xr = x + row * C;
-    const T* tr = (MODE == 2) ? tprob + row * C : xr;  // dummy unless MODE == 2
+    const Args<T> a{tensors, shape, options};
+    const SplitBlock b = split_block<VEC>(sp, a.C);
+    const T* xr = a.x + b.row * a.C;
+    const T* tr = (MODE == 2) ? a.tprob + b.row * a.C : xr;  // dummy unless MODE == 2
     Stats<A> st = stats_empty<A>();
     A xv[VEC], qv[VEC];
-    for (i64 k = k0 + threadIdx.x; k < k1; k += blockDim.x) {
+    for (i64 k = b.k0 + threadIdx.x; k < b.k1; k += blockDim.x) {
         const Pack<T, VEC> p = load_pack<T, VEC>(xr + k * VEC);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) xv[e] = to_acc(p.v[e]);
@@ -873,7 +892,7 @@ __global__ void __launch_bounds__(256, 2) xent_split_stats(const T* __restrict__
     }
     st = block_allreduce<Q>(st, sh_stats);
     if (threadIdx.x == 0) {
-        A* o = ws + 4 * (row * splits + part);
+        A* o = sp.ws + 4 * (b.row * sp.splits + b.part);
         o[0] = st.m;
         o[1] = st.s;
         o[2] = st.d;
@@ -881,27 +900,27 @@ __global__ void __launch_bounds__(256, 2) xent_split_stats(const T* __restrict__
     }
 }
 
-// One warp per row (blockDim.x == 256), grid-stride; aux = splits.
+// One warp per row (blockDim.x == 256), grid-stride.
 template <typename T, int MODE, bool BWD>
-__global__ void __launch_bounds__(256, 2) xent_split_finish(XENT_ROW_PARAMS,
-                                                         const typename AccOf<T>::type* __restrict__ ws,
-                                                         typename AccOf<T>::type* __restrict__ rowinfo,
-                                                         i64* __restrict__ rowtgt) {
+__global__ void __launch_bounds__(256, 2) xent_split_finish(const Tensors<T> tensors,
+                                                            const Shape shape, const Options options,
+                                                            const Reduce red,
+                                                            const Split<typename AccOf<T>::type> sp) {
     typedef typename AccOf<T>::type A;
     constexpr bool Q = MODE != 0;
     __shared__ double sh_sum[64];
     __shared__ bool sh_flag;
-    XENT_MAKE_ARGS;
-    const A scale = grad_scale<T>(den_ptr, scale_const);
-    const i64 splits = aux;
+    const Args<T> a{tensors, shape, options};
+    const A scale = grad_scale<A>(red);
+    const i64 splits = sp.splits;
     const int lane = threadIdx.x & 31;
     const i64 warps_per_block = blockDim.x >> 5;
     const i64 warp_stride = (i64)gridDim.x * warps_per_block;
     double lacc = 0.0, dacc = 0.0;
-    for (i64 row = (i64)blockIdx.x * warps_per_block + (threadIdx.x >> 5); row < M; row += warp_stride) {
+    for (i64 row = (i64)blockIdx.x * warps_per_block + (threadIdx.x >> 5); row < a.M; row += warp_stride) {
         Stats<A> st = stats_empty<A>();
         for (i64 k = lane; k < splits; k += 32) {
-            const A* p = ws + 4 * (row * splits + k);
+            const A* p = sp.ws + 4 * (row * splits + k);
             Stats<A> part;
             part.m = p[0];
             part.s = p[1];
@@ -910,85 +929,64 @@ __global__ void __launch_bounds__(256, 2) xent_split_finish(XENT_ROW_PARAMS,
             st = merge<Q>(st, part);
         }
         st = warp_allreduce<Q>(st, 32);
-        const RowResult<A> r = row_finish<MODE>(st, a, row, x + row * C, 1, scale);
+        const RowResult<A> r = row_finish<MODE>(st, a, row, a.x + row * a.C, 1, scale);
         if (lane == 0) {
             lacc += (double)r.loss;
             dacc += (double)r.den;
-            if (reduction == 0) out[row] = from_acc<T>(r.loss);
+            if (a.reduction == 0) a.out[row] = from_acc<T>(r.loss);
             if constexpr (BWD) {
-                rowinfo[4 * row] = r.m;
-                rowinfo[4 * row + 1] = r.coef;
-                rowinfo[4 * row + 2] = r.csc;
-                rowinfo[4 * row + 3] = r.gt;
-                rowtgt[row] = r.tgt;
+                sp.rowinfo[4 * row] = r.m;
+                sp.rowinfo[4 * row + 1] = r.coef;
+                sp.rowinfo[4 * row + 2] = r.csc;
+                sp.rowinfo[4 * row + 3] = r.gt;
+                sp.rowtgt[row] = r.tgt;
             }
         }
     }
-    reduce_loss<T>(a, den_ptr, lacc, dacc, partials, counter, sh_sum, &sh_flag);
+    reduce_loss<T>(a, red, lacc, dacc, sh_sum, &sh_flag);
 }
 
 template <typename T, int VEC, int MODE>
-__global__ void __launch_bounds__(256, 2) xent_split_grad(const T* __restrict__ x,
-                                                       const T* __restrict__ tprob,
-                                                       const T* __restrict__ w, T* __restrict__ grad,
-                                                       i64 M, i64 C, double om, double eoc,
-                                                       i64 splits, i64 chunk,
-                                                       const typename AccOf<T>::type* __restrict__ rowinfo,
-                                                       const i64* __restrict__ rowtgt) {
+__global__ void __launch_bounds__(256, 2) xent_split_grad(const Tensors<T> tensors,
+                                                          const Shape shape, const Options options,
+                                                          const Split<typename AccOf<T>::type> sp) {
     typedef typename AccOf<T>::type A;
-    Args<T> a;
-    a.x = x;
-    a.tidx = nullptr;
-    a.tprob = tprob;
-    a.w = w;
-    a.grad = grad;
-    a.out = nullptr;
-    a.M = M;
-    a.C = C;
-    a.ignore_index = 0;
-    a.om = om;
-    a.eoc = eoc;
-    a.reduction = 0;
-    // 32-bit division: the grid and splits are < 2^31
-    const i64 row = (i64)(blockIdx.x / (unsigned int)splits);
-    const i64 part = (i64)blockIdx.x - row * splits;
-    const i64 nvec = C / VEC;
-    const i64 k0 = part * chunk;
-    const i64 k1 = (k0 + chunk < nvec) ? k0 + chunk : nvec;
+    const Args<T> a{tensors, shape, options};
+    const SplitBlock b = split_block<VEC>(sp, a.C);
     RowResult<A> r;
-    r.m = rowinfo[4 * row];
-    r.coef = rowinfo[4 * row + 1];
-    r.csc = rowinfo[4 * row + 2];
-    r.gt = rowinfo[4 * row + 3];
-    r.tgt = rowtgt[row];
+    r.m = sp.rowinfo[4 * b.row];
+    r.coef = sp.rowinfo[4 * b.row + 1];
+    r.csc = sp.rowinfo[4 * b.row + 2];
+    r.gt = sp.rowinfo[4 * b.row + 3];
+    r.tgt = sp.rowtgt[b.row];
     r.loss = A(0);
     r.den = A(0);
-    const T* xr = x + row * C;
-    const T* tr = (MODE == 2) ? tprob + row * C : xr;  // dummy unless MODE == 2
-    T* gr = grad + row * C;
-    for (i64 k = k0 + threadIdx.x; k < k1; k += blockDim.x) {
+    const T* xr = a.x + b.row * a.C;
+    const T* tr = (MODE == 2) ? a.tprob + b.row * a.C : xr;  // dummy unless MODE == 2
+    T* gr = a.grad + b.row * a.C;
+    for (i64 k = b.k0 + threadIdx.x; k < b.k1; k += blockDim.x) {
         const Pack<T, VEC> p = load_pack<T, VEC>(xr + k * VEC);
         grad_pack<MODE>(a, r, p, k * VEC, tr + k * VEC, gr + k * VEC);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// sum_n w_{y_n} over non-ignored rows -> *den_out (the fused 'mean' needs it before it starts).
-// blockDim.x == 256, grid-stride; partials / counter as for the row kernels.
+// sum_n w_{y_n} over non-ignored rows -> *red.den (the fused 'mean' needs it before it starts).
+// Reads only the index targets and the weights. blockDim.x == 256, grid-stride.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-__global__ void __launch_bounds__(256, 2) xent_weight_sum(const i64* __restrict__ tidx,
-                                                       const T* __restrict__ w, i64 M, i64 C,
-                                                       i64 ignore_index, double* __restrict__ partials,
-                                                       unsigned int* __restrict__ counter,
-                                                       double* __restrict__ den_out) {
+__global__ void __launch_bounds__(256, 2) xent_weight_sum(const Tensors<T> tensors, const Shape shape,
+                                                          const Options options, const Reduce red) {
     __shared__ double sh_sum[64];
     __shared__ bool sh_flag;
+    const i64* const tidx = tensors.tidx;
+    const T* const w = tensors.w;
     double acc = 0.0, unused = 0.0;
     const i64 stride = (i64)gridDim.x * blockDim.x;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < M; i += stride) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < shape.M; i += stride) {
         const i64 t = tidx[i];
-        if (t != ignore_index && t >= 0 && t < C) acc += (w != nullptr) ? (double)to_acc(w[t]) : 1.0;
+        if (t != options.ignore_index && t >= 0 && t < shape.C)
+            acc += (w != nullptr) ? (double)to_acc(w[t]) : 1.0;
     }
-    if (grid_sum2(acc, unused, partials, counter, sh_sum, &sh_flag) && threadIdx.x == 0) *den_out = acc;
+    if (grid_sum2(acc, unused, red, sh_sum, &sh_flag) && threadIdx.x == 0) *red.den = acc;
 }
