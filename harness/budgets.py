@@ -27,9 +27,19 @@ class BudgetError(ValueError):
     """A budget file or table that cannot be used (one line: file, key, fix)."""
 
 
+def _packaged() -> dict:
+    return tomllib.loads(resources.files("harness").joinpath("budgets.toml").read_text())
+
+
 def defaults() -> dict:
-    text = resources.files("harness").joinpath("budgets.toml").read_text()
-    return tomllib.loads(text)
+    """The default budgets: the [<dtype>] tables of harness/budgets.toml."""
+    return {d: v for d, v in _packaged().items() if d in DTYPE_NAMES}
+
+
+def measured() -> dict:
+    """The [measured] record of harness/budgets.toml: the maxima the defaults were derived from
+    (``xent-harness budgets measure --write``, harness/budget_measure.py); {} when absent."""
+    return _packaged().get("measured", {})
 
 
 def _validate(table: dict, where: str) -> dict:

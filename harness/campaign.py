@@ -44,6 +44,7 @@ class Request:
     scenarios: list[str] | None = None
     quick: bool = False
     include_large: bool = False
+    full: bool = False  # also the generated scenarios outside the gate's subset (tag "full")
     out: Path | str | None = None
     resume: bool = False
     force: bool = False
@@ -134,13 +135,15 @@ def _check_numbers(req: Request, log: Callable[[str], None]) -> int | None:
 
 #: What a resumed run must repeat: the request field and the option that sets it.
 _RESUMED_FIELDS = {"kinds": "the command", "impls": "--impl", "dtypes": "--dtype", "scenarios": "--scenario",
-                   "quick": "--quick", "include_large": "--include-large"}
+                   "quick": "--quick", "include_large": "--include-large", "full": "--full"}
+#: What a run recorded before a field existed stands for (such a run did not ask for it).
+_UNRECORDED = {"full": False}
 
 
 def _asked(req: Request, dtypes: list[str]) -> dict:
     return {"kinds": list(req.kinds), "impls": list(req.impls), "dtypes": list(dtypes),
             "scenarios": list(req.scenarios) if req.scenarios else None, "quick": bool(req.quick),
-            "include_large": bool(req.include_large)}
+            "include_large": bool(req.include_large), "full": bool(req.full)}
 
 
 def _same_request(before: dict | None, now: dict, out: Path) -> None:
@@ -148,8 +151,9 @@ def _same_request(before: dict | None, now: dict, out: Path) -> None:
     kinds would make results.json describe a command that did not produce it."""
     if not isinstance(before, dict):
         return  # a run written before requests were recorded: nothing to compare
-    differ = [f"{flag} ({_shown(before.get(k))} then, {_shown(now[k])} now)"
-              for k, flag in _RESUMED_FIELDS.items() if before.get(k) != now[k]]
+    then = {k: before.get(k, _UNRECORDED.get(k)) for k in _RESUMED_FIELDS}
+    differ = [f"{flag} ({_shown(then[k])} then, {_shown(now[k])} now)"
+              for k, flag in _RESUMED_FIELDS.items() if then[k] != now[k]]
     if differ:
         raise CampaignError(f"--resume: {out} was started with other arguments: {'; '.join(differ)}; "
                             "repeat them, or start a new run")
@@ -180,7 +184,7 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     except registry.ImplementationError as exc:
         raise CampaignError(str(exc)) from None
     for e in skipped:
-        why = e.unavailable() or vocabulary.CANARY_LEFT_OUT
+        why = e.unavailable() or registry.left_out(e, include_canaries=False) or vocabulary.CANARY_LEFT_OUT
         log(f"skip {e.name}: {why}")
     if not chosen:
         raise CampaignError("no implementation available; see `xent-harness list`")
@@ -197,6 +201,8 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
             picked = scenarios.select(req.scenarios or None, quick=req.quick, dtypes=dtypes)
             if not (req.include_large or req.scenarios):
                 picked = [s for s in picked if "large" not in s.tags]
+            if not (req.full or req.scenarios):  # the generated space beyond the gate's subset
+                picked = [s for s in picked if "full" not in s.tags]
     except (ValueError, budgets_mod.BudgetError) as exc:
         raise CampaignError(str(exc)) from None
     if sweep_kinds and not picked:
@@ -240,6 +246,11 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
         log(f"interrupted: finished cells are saved; continue with --resume --out {out}")
         return Outcome(out, res, interrupted=True)
     mark_known(res.cells, known)
+    if sweep_kinds and loaded:  # say what went wrong in the failing cells, and write their reproducers
+        from harness import diagnosis
+
+        diagnosis.run(res, loaded, picked, budget_table, isolate=req.isolate, timeout=req.timeout, log=log,
+                      workers=workers)
     res.data["known_failures"], res.data["known_failures_source"] = known, known_source
     rows = implementation_rows(chosen, skipped, res.cells, res.rows)
     res.data["implementations"] = rows
@@ -334,7 +345,8 @@ def implementation_rows(entries: list[registry.Entry], skipped: list[registry.En
     rows = []
     for e in entries + skipped:
         reason = e.unavailable()
-        row = {"name": e.name, "origin": e.origin, "available": reason is None, "reason": reason}
+        row = {"name": e.name, "origin": e.origin, "available": reason is None,
+               "reason": reason or (None if e in entries else registry.left_out(e, include_canaries=False))}
         if e.impl is not None:
             row |= {k: v for k, v in e.impl.describe().items() if k not in ("name", "origin")}
         elif e.extra.get("detail"):

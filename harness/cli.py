@@ -111,7 +111,10 @@ def _sweep_args(p: argparse.ArgumentParser, *, timing: bool = True) -> None:
     _impl_arg(p)
     p.add_argument("--dtype", action="append", metavar="DTYPE", help="float16, bfloat16, float32, float64 (repeatable; default all)")
     p.add_argument("--scenario", action="append", metavar="NAME|GLOB", help="scenario names, families or globs (repeatable; default all)")
-    p.add_argument("--quick", action="store_true", help="the small CI subset of scenarios%s" % (" and shapes" if timing else ""))
+    subset = p.add_mutually_exclusive_group()
+    subset.add_argument("--quick", action="store_true", help="the small CI subset of scenarios%s" % (" and shapes" if timing else ""))
+    subset.add_argument("--full", action="store_true",
+                        help="the whole generated scenario space (harness/space.toml), not only the gate's covering subset")
     p.add_argument("--out", metavar="DIR", help="run directory (default reports/<timestamp>/, copied to reports/latest/)")
     p.add_argument("--json", action="store_true", help="print the results JSON on stdout instead of tables")
     p.add_argument("--force", action="store_true", help="with --out: replace the run that directory holds")
@@ -141,7 +144,7 @@ def _execute(args, kinds: tuple[str, ...], *, gate: bool) -> int:
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     req = campaign.Request(kinds=kinds, impls=args.impl, dtypes=args.dtype, scenarios=args.scenario,
-                           quick=args.quick, include_large=args.include_large, out=args.out, resume=args.resume, force=args.force,
+                           quick=args.quick, full=args.full, include_large=args.include_large, out=args.out, resume=args.resume, force=args.force,
                            workers=args.workers, budgets=args.budgets, known=args.known, isolate=args.isolate,
                            timeout=args.timeout, gate=gate, argv=args.argv)
     try:
@@ -261,6 +264,160 @@ def _add_sweep_commands(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+# -- fuzz ------------------------------------------------------------------------------------------
+
+
+def cmd_fuzz(args) -> int:
+    from harness import fuzz
+
+    req = fuzz.Request(impls=args.impl, seconds=args.seconds, seed=args.seed, dtypes=args.dtype, out=args.out,
+                       save_to=args.save_to, budgets=args.budgets, known=args.known, timeout=args.timeout,
+                       shrink_seconds=args.shrink_seconds, isolate=args.isolate, max_logits=args.max_logits,
+                       examples=args.examples, argv=args.argv)
+    try:
+        done = fuzz.run(req)
+    except fuzz.FuzzError as exc:
+        raise UsageError(f"fuzz {exc}") from None
+    print()
+    for f in done.findings:
+        where = f"saved: {f['file']}" if f["file"] else f"NOT saved: {f['save_error']}"
+        print(f"{f['impl']:14s} {f['dtype']:9s} {','.join(f['kinds']):24s} {f['shape']!s:12s} {f['messages'][0]}"[:200])
+        print(f"{'':14s} {where} (seed {f['seed']}, round {f['round']})")
+    print(f"\nsummary: {done.out / fuzz.SUMMARY}")
+    s = done.data["summary"]
+    print(f"verdict: {s['verdict'].upper()} ({s['findings']} finding(s)"
+          + (f"; failing: {', '.join(s['failing'])})" if s["failing"] else ")"))
+    return EXIT_FAIL if s["verdict"] == "fail" else EXIT_OK
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+
+
+def cmd_budgets(args) -> int:
+    """`budgets measure`: the largest errors of the correct implementations and the budgets
+    derived from them (harness/budget_measure.py), `--write` records both in budgets.toml;
+    `budgets show`: the budgets in force and the recorded measurement."""
+    from harness import budget_measure as bm
+    from harness import budgets
+
+    if args.action == "show":
+        if args.write or args.out or args.run:
+            raise UsageError("budgets show: --write, --out and --run apply to `budgets measure`")
+        try:
+            table, source = budgets.load(args.budgets)
+        except budgets.BudgetError as exc:
+            raise UsageError(str(exc)) from None
+        record = budgets.measured()
+        if args.json:
+            print(json.dumps({"budgets": table, "source": source, "measured": record}, indent=1))
+            return EXIT_OK
+        print(f"budgets: {source}")
+        for d, row in table.items():
+            print(f"  {d:9s} " + "  ".join(f"{k} {row[k]:g}" for k in budgets.KEYS if k in row))
+        if record:
+            print(f"measured {record.get('date')}: {record.get('problems')} problems "
+                  f"({record.get('scenarios')} scenarios), {', '.join(record.get('implementations', []))}, "
+                  f"headroom {record.get('headroom')}; re-derive with `{record.get('command')}`")
+        return EXIT_OK
+    if args.budgets:
+        raise UsageError("budgets measure: --budgets does not apply (the measurement judges with budgets "
+                         "under which every finite error passes)")
+    argv = ["xent-harness", *(args.argv if args.argv is not None else sys.argv[1:])]
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    try:
+        m = bm.measure(args.impl, scenarios=args.scenario, dtypes=args.dtype, quick=args.quick,
+                       include_large=args.include_large, full=args.full, workers=args.workers, known=args.known,
+                       run_dir=args.run, timeout=args.timeout, command=" ".join(argv), log=log)
+        derived = bm.derive(m, args.headroom)
+    except bm.MeasureError as exc:
+        raise UsageError(str(exc)) from None
+    if args.out:
+        from pathlib import Path
+
+        try:
+            Path(args.out).write_text(json.dumps(bm.as_json(m, derived, args.headroom), indent=1) + "\n")
+        except OSError as exc:
+            raise UsageError(f"budgets measure --out: cannot write {args.out} ({exc.strerror or exc})") from None
+    if args.json:
+        print(json.dumps(bm.as_json(m, derived, args.headroom), indent=1))
+    else:
+        print(bm.table(m, derived, budgets.defaults(), args.headroom))
+    if args.write:
+        try:
+            path = bm.write(bm.budgets_path() if args.write is True else args.write, m, derived, args.headroom)
+        except bm.MeasureError as exc:
+            raise UsageError(str(exc)) from None
+        log(f"budgets: wrote {path}")
+    return EXIT_OK
+
+
+def _add_budgets_command(sub) -> None:
+    p = sub.add_parser("budgets", help="measure the correct implementations' largest errors and derive the budgets",
+                       description="budgets measure: run the accuracy and gradient sweeps of numpy, torch, jax "
+                                   "and a float64 control, print their largest errors per dtype and quantity and "
+                                   "the budgets derived from them (--write records both in budgets.toml); "
+                                   "budgets show: the budgets in force and the recorded measurement")
+    p.add_argument("action", choices=["measure", "show"])
+    _impl_arg(p)
+    p.add_argument("--dtype", action="append", metavar="DTYPE", help="float16, bfloat16, float32, float64 (repeatable; default all)")
+    p.add_argument("--scenario", action="append", metavar="NAME|GLOB", help="scenario names, families or globs (default: all but the large ones)")
+    p.add_argument("--quick", action="store_true", help="the small CI subset of scenarios")
+    p.add_argument("--include-large", action="store_true", help="also the 'large' scenarios")
+    p.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
+                   help="the whole generated scenario space, beyond check's subset (default; --no-full: what check runs)")
+    p.add_argument("--headroom", type=float, default=2.0, help="budget = measured maximum x this, rounded up on the grid (default 2)")
+    p.add_argument("--known", metavar="FILE", help="TOML [[known-failures]] besides pyproject.toml's (their cells define no budget)")
+    p.add_argument("--workers", type=int, default=None, help="processes for the reference (default: all cores)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-call timeout in seconds for isolated calls (default 60)")
+    p.add_argument("--out", metavar="FILE", help="write the measurement (maxima, cells, derived budgets) as JSON")
+    p.add_argument("--run", metavar="DIR", help="keep the sweeps' run directory (results.json) here, replacing a run it holds (default: a temporary one)")
+    p.add_argument("--write", nargs="?", const=True, default=None, metavar="FILE",
+                   help="rewrite the budgets and the [measured] record in FILE (default: the package's budgets.toml), keeping its comments")
+    p.add_argument("--budgets", metavar="FILE", help="(show) TOML budgets overriding the defaults and pyproject.toml")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_budgets, argv=None)
+
+
+# -- zoo -------------------------------------------------------------------------------------------
+
+
+def cmd_zoo(args) -> int:
+    """Every available zoo adapter and built-in in one check-like run, and the page docs/zoo.md
+    from its results (harness/zoo/table.py). A benchmark, not a gate: exit 0 when it finished."""
+    from harness import campaign
+    from harness.zoo import table
+
+    argv = args.argv if args.argv is not None else sys.argv[1:]
+    try:
+        done, page = table.run(quick=args.quick, dtypes=args.dtype, patterns=args.scenario, out=args.out,
+                               force=args.force, doc=None if args.no_doc else args.doc, workers=args.workers,
+                               timeout=args.timeout, argv=argv, progress=_progress_factory(args))
+    except (campaign.CampaignError, OSError) as exc:
+        raise UsageError(f"zoo: {exc}") from None
+    if done.interrupted:
+        return 130
+    _print_tables(done.data, gate=False)
+    print(f"results: {done.results.path}  report: {done.out / 'report.html'}" + (f"  page: {page}" if page else ""))
+    return EXIT_OK
+
+
+# -- repro ---------------------------------------------------------------------------------------------
+
+
+def cmd_repro(args) -> int:
+    """A failing cell's reproducer (.npz + standalone .py) and its diagnosis (harness/repro.py):
+    exit 0 when the failure reproduces, 1 when the recomputed output passes."""
+    from harness import repro
+
+    try:
+        done = repro.reproduce(args.results, args.cell, out=args.out, timeout=args.timeout)
+    except repro.ReproError as exc:
+        raise UsageError(str(exc)) from None
+    for line in done.lines:
+        print(line)
+    return EXIT_OK if done.reproduced else EXIT_FAIL
+
+
 # -- entry point -----------------------------------------------------------------------------------
 
 
@@ -293,6 +450,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_references)
 
     _add_sweep_commands(sub)
+
+    p = sub.add_parser("zoo", help="judge every available zoo adapter and built-in in one run; write docs/zoo.md",
+                       description="a check-like run (accuracy, gradient, special values) of every available built-in "
+                                   "and zoo adapter (harness/zoo/) into one run directory and report, then the "
+                                   "comparison page (library, version, verdict, counts, first findings); exit 0 "
+                                   "when it finished: findings are its content, not a failure")
+    p.add_argument("--quick", action="store_true", help="the CI scenarios plus the few where libraries' conventions differ")
+    p.add_argument("--dtype", action="append", metavar="DTYPE", help="float16, bfloat16, float32, float64 (repeatable; default all)")
+    p.add_argument("--scenario", action="append", metavar="NAME|GLOB", help="scenario names, families or globs (default: all but the large ones)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default reports/<timestamp>/, copied to reports/latest/)")
+    p.add_argument("--force", action="store_true", help="with --out: replace the run that directory holds")
+    p.add_argument("--doc", default="docs/zoo.md", metavar="FILE", help="the page to write (default docs/zoo.md)")
+    p.add_argument("--no-doc", action="store_true", help="write no page (the run directory has the results and report)")
+    p.add_argument("--workers", type=int, default=None, help="processes for the reference (default: all cores)")
+    p.add_argument("--timeout", type=float, default=120.0, help="per-call timeout in seconds (default 120: compiling libraries)")
+    p.set_defaults(func=cmd_zoo, argv=None, json=False)
+
+    p = sub.add_parser("fuzz", help="property-based search for problems an implementation gets wrong; saves them for check",
+                       description="draw problems from the whole contract for a time budget, judge each implementation, "
+                                   "shrink every failure to a minimal problem and save it (golden-file format) where "
+                                   "`check` replays it; exit 1 when something was found")
+    _impl_arg(p)
+    p.add_argument("--seconds", type=float, default=60.0, help="search time, shared by the implementations (default 60)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0): the same seed draws the same problems")
+    p.add_argument("--dtype", action="append", metavar="DTYPE", help="float16, bfloat16, float32, float64 (repeatable; default all)")
+    p.add_argument("--out", metavar="DIR", help="where the summary fuzz.json goes (default reports/fuzz-<timestamp>/)")
+    p.add_argument("--save-to", metavar="DIR", default=None,
+                   help="where minimal failing problems are saved (default $XENT_FOUND or references/found/, which check replays)")
+    p.add_argument("--examples", type=int, default=None,
+                   help="also stop each implementation's search after this many problems (a run that no time limit cuts short "
+                        "is the same on every machine)")
+    p.add_argument("--shrink-seconds", type=float, default=60.0, help="longest shrinking of one failure (default 60)")
+    p.add_argument("--max-logits", type=int, default=8192, help="largest problem drawn, in logits (default 8192)")
+    p.add_argument("--budgets", metavar="FILE", help="TOML budgets overriding the defaults and pyproject.toml")
+    p.add_argument("--known", metavar="FILE", help="TOML [[known-failures]] besides pyproject.toml's (not reported)")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                   help="run implementations in subprocesses (default: only --impl plugins)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-call timeout in seconds for isolated calls (default 60)")
+    p.set_defaults(func=cmd_fuzz, argv=None)
+    _add_budgets_command(sub)
+
+    p = sub.add_parser("repro", help="write a failing cell's reproducer (.npz + standalone .py) and diagnose it",
+                       description="rebuild a failing cell's problem from its scenario, call the implementation again, "
+                                   "and write DIR/<cell>.npz (inputs, options, exact reference, the output) and "
+                                   "DIR/<cell>.py (NumPy + the implementation's library only: prints the wrong value and "
+                                   "the true one); exit 1 when the recomputed output passes")
+    p.add_argument("results", help="results.json or a run directory")
+    p.add_argument("cell", help="IMPL/DTYPE/KIND/SCENARIO, as the report shows it")
+    p.add_argument("-o", "--out", metavar="DIR", help="where to write (default: repro/ next to the results)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-call timeout in seconds for isolated calls (default 60)")
+    p.set_defaults(func=cmd_repro)
     return parser
 
 

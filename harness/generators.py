@@ -28,12 +28,25 @@ COMMON_PARAMS = frozenset(
         "label_smoothing",
         "ignore_index",
         "ignore_fraction",  # exactly round(fraction * samples) targets set to ignore_index
-        "weight",  # None | "random" (uniform in [0.5, 2)) | "zeros" (random, a quarter zero)
-        "target",  # "index" | "prob" (normalised, peaked) | "prob-raw" | "prob-onehot"
+        "weight",  # None | "random" | "zeros" | "kept-zero" | "negative" (see WEIGHT_MODES)
+        "target",  # "index" | "prob" (normalised, peaked) | "prob-raw" | "prob-zeros" | "prob-onehot"
+        "target_dtype",  # class indices as "int64" (default) or "uint8"
+        "target_classes",  # "any" (default) | "inexact-16-bit" (see TARGET_CLASSES)
+        "poison",  # a value (inf, nan, "max", ...) put at one non-target logit of some rows ...
+        "poison_rows",  # ... of every "kept" row or of every "ignored" row
     }
 )
-TARGET_MODES = ("index", "prob", "prob-raw", "prob-onehot")
-WEIGHT_MODES = ("random", "zeros")
+TARGET_MODES = ("index", "prob", "prob-raw", "prob-zeros", "prob-onehot")
+#: random: uniform in [0.5, 2); zeros: random, a quarter of the classes 0; kept-zero: random, 0
+#: for every class a kept index target names (every class with probability targets); negative:
+#: random, a third of the classes negated (PyTorch accepts any real weight).
+WEIGHT_MODES = ("random", "zeros", "kept-zero", "negative")
+TARGET_DTYPES = ("int64", "uint8")
+#: Where index targets lie: anywhere, or on classes a 16-bit float cannot hold exactly (odd
+#: indices above 2048, float16's last exact integer, when C allows; else above 256, bfloat16's),
+#: where an implementation that carries indices in the logits' dtype picks the wrong class.
+TARGET_CLASSES = ("any", "inexact-16-bit")
+POISON_ROWS = ("kept", "ignored")
 
 # ----------------------------------------------------------------------------------------------
 # Per-dtype symbolic values: "max", "-max/2", "max/4096", "tiny", "min_subnormal*3", ...
@@ -61,6 +74,24 @@ def resolve(value, fmt: Format):
     return value
 
 
+_CLASS_SYMBOL = re.compile(r"^C([+-][0-9]+)?$")
+
+
+def resolve_ignore_index(value, classes: int) -> int:
+    """``ignore_index`` for a problem with ``classes`` classes: an integer, or "C" / "C-1" /
+    "C+k" relative to the class count (a value inside [0, C) or at or beyond C whatever C is)."""
+    if isinstance(value, str):
+        m = _CLASS_SYMBOL.match(value)
+        if not m:
+            raise ValueError(
+                f"ignore_index: {value!r} is neither an integer nor C, C-k or C+k (k an integer)"
+            )
+        return classes + int(m.group(1) or 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"ignore_index: must be an integer or C, C-k, C+k; got {value!r}")
+    return value
+
+
 # ----------------------------------------------------------------------------------------------
 # Generators. Each works in "row space": it returns logits as an (M, C) array (float64, or the
 # dtype itself) and the (M,) class-index targets, or None to let the common step draw them.
@@ -81,10 +112,20 @@ def _kind(name: str, *params: str):
     return register
 
 
-def _per_row(value, m: int) -> np.ndarray | float:
+def _per_row(value, m: int, period: int | None = None) -> np.ndarray | float:
+    """A scalar, or a list cycled over the rows (``period`` None) or over the rows' positions
+    in a K-dim input (row r is position r mod ``period``: rows are (n, d1, ..., dk) in C order)."""
     if isinstance(value, list):
-        return np.resize(np.asarray(value, dtype=np.float64), m)[:, None]
+        values = np.asarray(value, dtype=np.float64)
+        if period is None:
+            return np.resize(values, m)[:, None]
+        return values[np.arange(m) % period % values.size][:, None]
     return float(value)
+
+
+def _positions(p: Mapping) -> int:
+    """Positions d1·…·dk of a K-dim input (1 for (C,) and (N, C))."""
+    return math.prod(int(n) for n in p["shape"][2:])
 
 
 def _others_index(rng, t, c):
@@ -92,11 +133,20 @@ def _others_index(rng, t, c):
     return (t + 1 + rng.integers(0, c - 1, t.shape[0])) % c
 
 
-@_kind("normal", "loc", "scale")
+_VARY = ("rows", "positions")
+
+
+@_kind("normal", "loc", "scale", "vary")
 def _normal(rng, fmt, p, m, c):
-    """loc + scale * N(0, 1); loc and scale may be lists, cycled over the rows."""
-    loc = _per_row(resolve(p.get("loc", 0.0), fmt), m)
-    scale = _per_row(resolve(p.get("scale", 1.0), fmt), m)
+    """loc + scale * N(0, 1); loc and scale may be lists, cycled over the rows (``vary`` "rows",
+    the default) or over the positions of a K-dim input ("positions": every sample's row at
+    position (i, j, ...) has the same range, and neighbouring positions differ)."""
+    vary = p.get("vary", "rows")
+    if vary not in _VARY:
+        raise ValueError(f"vary: unknown value {vary!r}; use one of {', '.join(_VARY)}")
+    period = _positions(p) if vary == "positions" else None
+    loc = _per_row(resolve(p.get("loc", 0.0), fmt), m, period)
+    scale = _per_row(resolve(p.get("scale", 1.0), fmt), m, period)
     return loc + scale * rng.standard_normal((m, c)), None
 
 
@@ -173,7 +223,7 @@ def _threshold(rng, fmt, p, m, c):
     return x, None
 
 
-_WHERE = ("one", "next", "target", "most", "rows", "every-third", "all")
+_WHERE = ("one", "next", "target", "most", "rows", "every-third", "all", "tail")
 
 
 @_kind("special", "fill", "where", "fraction", "every", "scale")
@@ -193,6 +243,9 @@ def _special(rng, fmt, p, m, c):
     elif where == "most":
         mask = rng.random((m, c)) < float(p.get("fraction", 0.9))
         mask[rows, t] = False
+        if c > 1:  # with few classes the draw can miss every other class: then take the next
+            bare = ~mask.any(axis=1)
+            mask[bare, (t[bare] + 1) % c] = True
         x[mask] = fill
     elif where == "rows":
         x[rows % int(p.get("every", 4)) == 0] = fill
@@ -200,6 +253,10 @@ def _special(rng, fmt, p, m, c):
         x[:, ::3] = fill
     elif where == "all":
         x[:] = fill
+    elif where == "tail":  # a padded vocabulary: the last quarter of the classes, never a target
+        tail = max(1, c // 4)
+        x[:, c - tail :] = fill
+        t = rng.integers(0, max(1, c - tail), m)
     else:
         raise ValueError(f"where: unknown placement {where!r}; use one of {', '.join(_WHERE)}")
     return x, t
@@ -290,9 +347,49 @@ def _row_sums(a: np.ndarray) -> np.ndarray:
     return np.array([math.fsum(r) for r in a.tolist()], dtype=np.float64)
 
 
+def _inexact_16_bit_classes(c: int) -> np.ndarray:
+    """Class indices no 16-bit float holds exactly: the odd ones above 2048 (float16's last
+    exact integer run ends there) when C has any, else the odd ones above 256 (bfloat16's)."""
+    for last_exact in (2048, 256):
+        if c > last_exact + 1:
+            return np.arange(last_exact + 1, c, 2)
+    raise ValueError(
+        f"target_classes: inexact-16-bit needs C > 257 (indices above bfloat16's exact 256), got C = {c}"
+    )
+
+
+def _swap_targets(rng, x: np.ndarray, t: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Move every row's target to a class drawn from ``classes`` by swapping the two logits: the
+    row is the same multiset of values (softmax is permutation-equivariant), so whatever the kind
+    built around the target (a gap, a mask, a tie) stays around it."""
+    rows = np.arange(t.shape[0])
+    new = classes[rng.integers(0, classes.size, t.shape[0])]
+    old_values, new_values = x[rows, t].copy(), x[rows, new].copy()
+    x[rows, t] = new_values
+    x[rows, new] = old_values
+    return new
+
+
+def _poison(rng, x, fmt, p, drawn, kept) -> None:
+    """``poison`` at one logit other than the drawn target in every kept (or every ignored) row."""
+    which = p["poison_rows"]
+    if which not in POISON_ROWS:
+        raise ValueError(f"poison_rows: unknown value {which!r}; use one of {', '.join(POISON_ROWS)}")
+    rows = np.flatnonzero(kept if which == "kept" else ~kept)
+    if rows.size == 0:
+        raise ValueError(f"poison_rows: there is no {which} row to put {p['poison']!r} in")
+    c = x.shape[1]
+    if c < 2:
+        raise ValueError("poison: needs C >= 2 (a logit other than the target)")
+    x[rows, _others_index(rng, drawn[rows], c)] = float(resolve(p["poison"], fmt))
+
+
 def generate(kind: str, p: Mapping, seed: int, fmt: Format) -> Problem:
     """The problem that generator ``kind`` draws from ``seed`` for parameters ``p`` in ``fmt``;
-    the common step after it draws the targets, the ignored samples and the class weights."""
+    the common step after it draws the targets, the ignored samples and the class weights.
+
+    Every option adds draws only when it is set, so a scenario's problem does not change when
+    options it does not use are added here."""
     shape = tuple(int(n) for n in p["shape"])
     m, c = _rows_of(shape)
     rng = np.random.default_rng(seed)
@@ -301,30 +398,75 @@ def generate(kind: str, p: Mapping, seed: int, fmt: Format) -> Problem:
         x = np.asarray(x).astype(fmt.dtype, copy=False)  # no copy when the kind drew the dtype
     if t is None:
         t = rng.integers(0, c, m)
-    ignore_index = int(p.get("ignore_index", -100))
+    placement = p.get("target_classes", "any")
+    if placement not in TARGET_CLASSES:
+        raise ValueError(
+            f"target_classes: unknown value {placement!r}; use one of {', '.join(TARGET_CLASSES)}"
+        )
+    if placement == "inexact-16-bit":
+        x = np.array(x, copy=True)  # writable, whatever the kind returned
+        t = _swap_targets(rng, x, t, _inexact_16_bit_classes(c))
+    drawn = t  # the targets before any is replaced by ignore_index
+    ignore_index = resolve_ignore_index(p.get("ignore_index", -100), c)
     fraction = float(p.get("ignore_fraction", 0.0))
+    mode = p.get("target", "index")
     if fraction:
+        if mode != "index":
+            raise ValueError("ignore_fraction: probability targets have no ignored samples")
         t = t.copy()
         t[rng.permutation(m)[: round(fraction * m)]] = ignore_index
-    mode = p.get("target", "index")
+    if p.get("poison") is not None:
+        kept = t != ignore_index if mode == "index" else np.ones(m, dtype=bool)
+        x = np.array(x, copy=True)
+        with np.errstate(over="ignore"):
+            _poison(rng, x, fmt, p, drawn, kept)
+    target_dtype = p.get("target_dtype", "int64")
+    if target_dtype not in TARGET_DTYPES:
+        raise ValueError(
+            f"target_dtype: unknown value {target_dtype!r}; use one of {', '.join(TARGET_DTYPES)}"
+        )
     if mode == "index":
         target = t.astype(np.int64)
+        if target_dtype == "uint8":
+            if target.size and not (0 <= target.min() and target.max() <= 255):
+                raise ValueError(
+                    f"target_dtype: uint8 holds class indices 0..255, but the targets span "
+                    f"{target.min()}..{target.max()} (ignore_index {ignore_index})"
+                )
+            target = target.astype(np.uint8)
+    elif target_dtype != "int64":
+        raise ValueError(f"target_dtype: {target_dtype} applies to class-index targets only")
     elif mode == "prob":
         u = rng.random((m, c))
         u = u * u * u * u  # peaked, like a softmax of spread-out logits
         target = u / _row_sums(u)[:, None]
     elif mode == "prob-raw":
         target = 2.0 * rng.random((m, c))  # positive, rows do not sum to 1
+    elif mode == "prob-zeros":
+        u = rng.random((m, c))
+        u[rng.random((m, c)) < 0.75] = 0.0  # three quarters of the classes get no mass ...
+        u[np.arange(m), t] += 1.0  # ... but the drawn class always some, so no row is all zero
+        target = u / _row_sums(u)[:, None]
     elif mode == "prob-onehot":
         target = np.zeros((m, c))
         target[np.arange(m), t] = 1.0
     else:
         raise ValueError(f"target: unknown mode {mode!r}; use one of {', '.join(TARGET_MODES)}")
     weight = None
-    if p.get("weight") is not None:
+    mode_w = p.get("weight")
+    if mode_w is not None:
+        if mode_w not in WEIGHT_MODES:
+            raise ValueError(f"weight: unknown mode {mode_w!r}; use one of {', '.join(WEIGHT_MODES)}")
         weight = 0.5 + 1.5 * rng.random(c)
-        if p["weight"] == "zeros":
+        if mode_w == "zeros":
             weight[rng.permutation(c)[: max(1, c // 4)]] = 0.0
+        elif mode_w == "kept-zero":
+            if mode == "index":
+                weight[t[(t != ignore_index) & (t >= 0) & (t < c)]] = 0.0
+            else:
+                weight[:] = 0.0  # every class carries target probability
+        elif mode_w == "negative":
+            weight[rng.permutation(c)[: max(1, c // 3)]] *= -1.0
     return Problem(
         logits=_layout(x, shape),
         target=_layout(target, shape),
@@ -339,10 +481,14 @@ __all__ = [
     "COMMON_PARAMS",
     "KINDS",
     "KIND_PARAMS",
+    "POISON_ROWS",
+    "TARGET_CLASSES",
+    "TARGET_DTYPES",
     "TARGET_MODES",
     "WEIGHT_MODES",
     "generate",
     "log_max",
     "neighbours",
     "resolve",
+    "resolve_ignore_index",
 ]

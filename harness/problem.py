@@ -2,11 +2,12 @@
 
 A :class:`Problem` is validated on construction; anything PyTorch 2.x rejects raises
 :class:`ProblemError`, a ``ValueError`` whose one-line message starts with the offending field
-and says the fix. Deliberate departures, explained in docs/semantics.md ("Arguments"): class
-indices must be int64 (PyTorch also takes uint8 on some code paths but not on others), and an
+and says the fix. Deliberate departures, explained in docs/semantics.md ("Arguments"): an
 unbatched (C,) input needs a 0-d target (PyTorch's forward also takes a (1,) target, but its
-backward and its label-smoothing path reject it); both are stricter than PyTorch. Looser: index
-targets with logits (N, 0, d), which PyTorch 2.13 alone among the C = 0 shapes rejects (a
+backward and its label-smoothing path reject it), and uint8 class indices are refused wherever
+PyTorch refuses them for some of their values (K-dim inputs; class weights with 'mean' and label
+smoothing), also in the empty cases it lets through; both are stricter than PyTorch. Looser:
+index targets with logits (N, 0, d), which PyTorch 2.13 alone among the C = 0 shapes rejects (a
 reshape bug). ``tests/test_contract.py`` checks every decision against the installed torch.
 
 Conventions (PyTorch's):
@@ -14,7 +15,14 @@ Conventions (PyTorch's):
 * ``logits`` has shape (C,), (N, C) or (N, C, d1, ..., dk); the class axis is axis 0 for an
   unbatched input and axis 1 otherwise.
 * ``target`` holds class indices (an integer array with the logits' shape minus the class axis)
-  or class probabilities (a float array with the logits' shape).
+  or class probabilities (a float array with the logits' shape). Class indices are int64 or
+  uint8, the two dtypes PyTorch takes ("expected target dtype to be Long or Byte"); they are
+  kept in their dtype, so an implementation is called with the dtype the problem was built
+  with, and :meth:`Problem.rows` widens them to int64 for the harness's own computations.
+  A uint8 problem and its int64 twin have the same reference but different digests: the digest
+  keys the call (every array with its dtype), and the two are different calls of the
+  implementation under test (torch 2.13 takes other code paths for uint8, see
+  docs/semantics.md).
 * ``weight`` and probability targets are stored in the logits' dtype, because PyTorch requires
   them in that dtype; a value that is not representable is rounded once here, and the reference
   uses the rounded value. A finite weight that would overflow to inf in that rounding is an
@@ -64,6 +72,36 @@ def _label_smoothing(value) -> float:
             f"label_smoothing: must be at most 1 (PyTorch raises for larger values), got {eps!r}"
         )
     return eps if eps > 0.0 else 0.0
+
+
+#: The class-index dtypes PyTorch takes: Long and Byte.
+INDEX_DTYPES = (np.dtype(np.int64), np.dtype(np.uint8))
+
+
+def _index_dtype(dtype: np.dtype) -> np.dtype:
+    native = dtype.newbyteorder("=")
+    if native not in INDEX_DTYPES:
+        raise ProblemError(
+            f"target: class indices must be int64 (PyTorch's Long) or uint8 (Byte), got {dtype.name}; "
+            "use target.astype(np.int64)"
+        )
+    return native
+
+
+def uint8_refused(ndim: int, weighted: bool, reduction: str, label_smoothing) -> str | None:
+    """Why PyTorch 2.13 refuses uint8 class indices for logits of ``ndim`` dimensions with these
+    options (None: it takes them on every path, loss and gradient). The K-dim kernels take Long
+    only; the label-smoothing path of a weighted 'mean' gathers the weights with the target
+    (``gather(): Expected dtype int32/int64 for index``). Scenario generators ask this before
+    building a uint8 problem."""
+    if ndim > 2:
+        return ("are refused for K-dim logits (PyTorch: 'expected scalar type Long but found Byte'; "
+                "its K-dim kernels take int64 only)")
+    eps = label_smoothing if isinstance(label_smoothing, numbers.Real) else 0
+    if weighted and reduction == "mean" and eps > 0:
+        return ("are refused with class weights, reduction 'mean' and label smoothing (PyTorch: "
+                "'gather(): Expected dtype int32/int64 for index')")
+    return None
 
 
 def _as_float_array(name: str, value, dtype: np.dtype | None) -> np.ndarray:
@@ -131,13 +169,10 @@ class Problem:
 
         target = np.asarray(self.target)
         if target.dtype.kind == "b":
-            raise ProblemError("target: boolean targets are not allowed; use class indices (int64) or probabilities")
+            raise ProblemError("target: boolean targets are not allowed; use class indices (int64 or uint8) "
+                               "or probabilities")
         if target.dtype.kind in "iu":
-            if target.dtype.kind != "i" or target.dtype.itemsize != 8:
-                raise ProblemError(
-                    f"target: class indices must be int64 (PyTorch's Long), got {target.dtype.name}; "
-                    "use target.astype(np.int64)"
-                )
+            index_dtype = _index_dtype(target.dtype)
             expected = logits.shape[:class_axis] + logits.shape[class_axis + 1 :]
             if target.shape != expected:
                 hint = " (an unbatched input takes a 0-d target)" if logits.ndim == 1 else ""
@@ -145,10 +180,16 @@ class Problem:
                     f"target: class-index targets must have shape {expected} for logits of shape "
                     f"{logits.shape}, got {target.shape}{hint}"
                 )
-            target = target.astype(np.int64)  # native byte order
-            bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+            if index_dtype == np.uint8:
+                refused = uint8_refused(logits.ndim, self.weight is not None, self.reduction,
+                                        self.label_smoothing)
+                if refused:
+                    raise ProblemError(f"target: uint8 class indices {refused}; use target.astype(np.int64)")
+            target = target.astype(index_dtype)  # native byte order
+            wide = target.astype(np.int64)
+            bad = (wide != ignore_index) & ((wide < 0) | (wide >= n_classes))
             if bad.any():
-                value = int(target[bad].flat[0])
+                value = int(wide[bad].flat[0])
                 hint = "; with C = 0 every target must be ignore_index" if n_classes == 0 else ""
                 raise ProblemError(
                     f"target: class index {value} is outside [0, {n_classes}) and is not "
@@ -208,7 +249,7 @@ class Problem:
 
     @property
     def probability_target(self) -> bool:
-        return self.target.dtype.kind != "i"
+        return self.target.dtype.kind not in "iu"
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -248,13 +289,14 @@ class Problem:
 
     # -- views -------------------------------------------------------------------------------------
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """Logits as (M, C) rows (class axis last) and targets as (M,) or (M, C)."""
+        """Logits as (M, C) rows (class axis last) and targets as (M,) int64 class indices
+        (uint8 ones widened) or (M, C) probabilities."""
         M, C = self.num_samples, self.num_classes  # explicit: reshape(-1, 0) is ambiguous
         x = np.moveaxis(self.logits, self.class_axis, -1).reshape(M, C)
         if self.probability_target:
             t = np.moveaxis(self.target, self.class_axis, -1).reshape(M, C)
         else:
-            t = self.target.reshape(-1)
+            t = self.target.reshape(-1).astype(np.int64, copy=False)
         return x, t
 
     def unrows(self, rows: np.ndarray) -> np.ndarray:
@@ -286,9 +328,11 @@ class Problem:
 
     @cached_property
     def digest(self) -> str:
-        """A stable sha256 of everything that defines the problem (the reference cache key).
-        Arrays are fed in 64 MB pieces of their C-order bytes (``tobytes()`` of a 4.2 GB
-        language-model batch would copy it)."""
+        """A stable sha256 of everything that defines the problem (the reference cache key):
+        every array with its dtype, so a uint8-target problem and its int64 twin differ (they
+        are different calls; their references are equal, computed once each). Arrays are fed
+        in 64 MB pieces of their C-order bytes (``tobytes()`` of a 4.2 GB language-model batch
+        would copy it)."""
         h = hashlib.sha256()
         for arr in (self.logits, self.target, self.weight):
             if arr is None:
@@ -302,7 +346,7 @@ class Problem:
         return h.hexdigest()
 
     def __repr__(self) -> str:
-        kind = "probabilities" if self.probability_target else "indices"
+        kind = "probabilities" if self.probability_target else f"{self.target.dtype.name} indices"
         return (
             f"Problem(logits={self.logits.dtype.name}{list(self.logits.shape)}, target={kind}, "
             f"weight={'yes' if self.weight is not None else 'None'}, ignore_index={self.ignore_index}, "

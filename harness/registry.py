@@ -64,6 +64,9 @@ class Implementation:
     needs_gpu: bool = False
     #: True for deliberately broken implementations kept to prove the harness catches them.
     canary: bool = False
+    #: True for implementations a default run leaves out (slow to compile, or a third-party
+    #: library of the zoo): they run when named with --impl, and in ``xent-harness zoo``.
+    opt_in: bool = False
     #: Where it came from: "builtin", "entry point NAME" or the --impl spec.
     origin: str = "builtin"
 
@@ -141,6 +144,7 @@ class Implementation:
             "features": sorted(self.features),
             "grad": self.has_grad,
             "canary": self.canary,
+            "opt_in": self.opt_in,
         }
 
     def __repr__(self) -> str:
@@ -243,6 +247,7 @@ class Declared(Implementation):
         self.devices = tuple(described["devices"]) or ("cpu",)
         self.features = frozenset(described["features"])
         self.canary = bool(described["canary"])
+        self.opt_in = bool(described.get("opt_in", False))
         self._grad = bool(described["grad"])
         self._fused = bool(described["fused"])
         self._available = described["available"]
@@ -270,6 +275,8 @@ BUILTINS: dict[str, str] = {
     "numpy-naive": "harness.implementations.numpy_naive:NumpyNaive",
     "torch": "harness.implementations.torch_impl:TorchCPU",
     "torch-cuda": "harness.implementations.torch_impl:TorchCUDA",
+    "torch-compile": "harness.implementations.torch_compile:TorchCompile",
+    "torch-compile-cuda": "harness.implementations.torch_compile:TorchCompileCUDA",
     "jax": "harness.implementations.jax_impl:JaxCPU",
     "jax-gpu": "harness.implementations.jax_impl:JaxGPU",
     "cupy": "harness.implementations.cupy:CupyKernel",
@@ -408,10 +415,14 @@ def discover(specs: Iterable[str] = (), *, isolate: bool = True, timeout: float 
         return runner.probe(entry, timeout) if isolate else in_process()
 
     entries = [builtin(name) for name in BUILTINS]
-    for ep in _entry_point_list():
-        origin = f"entry point {ep.name} ({ep.value})"
-        entries.append(load(Entry(ep.name, origin, extra={"entry_point": ep.name}),
-                            lambda ep=ep: load_entry_point(ep.name)))
+    points = _entry_point_list()
+    if points:  # probed at once, each in its own child: `list` waits for the slowest, not the sum
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(8, len(points))) as pool:
+            entries += list(pool.map(lambda ep: load(Entry(ep.name, f"entry point {ep.name} ({ep.value})",
+                                                           extra={"entry_point": ep.name}),
+                                                     lambda: load_entry_point(ep.name)), points))
     known = {e.name: e.origin for e in entries}
     specs = list(specs)
     for spec in specs:
@@ -461,11 +472,24 @@ def select(specs: Iterable[str] = (), *, include_canaries: bool = True, isolate:
         return chosen, []
     run, skipped = [], []
     for e in entries:
-        if e.unavailable() or (e.impl is not None and e.impl.canary and not include_canaries):
+        if e.unavailable() or left_out(e, include_canaries=include_canaries):
             skipped.append(e)
         else:
             run.append(e)
     return run, skipped
+
+
+def left_out(entry: Entry, *, include_canaries: bool = True) -> str | None:
+    """Why a run that names no implementation leaves an available one out, or None."""
+    from harness import vocabulary
+
+    if entry.impl is None:
+        return None
+    if entry.impl.opt_in:
+        return vocabulary.OPT_IN_LEFT_OUT
+    if entry.impl.canary and not include_canaries:
+        return vocabulary.CANARY_LEFT_OUT
+    return None
 
 
 def get(name_or_spec: str) -> Implementation:

@@ -44,7 +44,16 @@ class CallFailed(Exception):
 
 
 class Unsupported(Exception):
-    """An isolated plugin's own ``supports()`` declined the problem (checked in the child)."""
+    """The problem is not supported: an isolated plugin's own ``supports()`` declined it
+    (checked in the child), or a call raised ``NotImplementedError`` (in process or in the
+    child): an 'unsupported' cell with the message, not an error cell."""
+
+
+def not_implemented(exc: NotImplementedError, op: str) -> str:
+    """The reason a call that raised ``NotImplementedError`` gives: its message's first line,
+    or which call it was when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else f"{op}: not implemented (NotImplementedError)"
 
 
 def one_line(exc: BaseException) -> str:
@@ -143,6 +152,8 @@ def _child(conn, how, output_path):
                     conn.send(("unsupported", str(reason), None))
                     continue
             conn.send(("ok", _invoke(impl, op, arg), None))
+        except NotImplementedError as exc:  # "not supported", said by the call itself
+            conn.send(("unsupported", not_implemented(exc, op), None))
         except BaseException as exc:
             conn.send(("err", one_line(exc), traceback.format_exc()))
 
@@ -177,6 +188,8 @@ class Runner:
         if not self.isolate:
             try:
                 return _invoke(self.impl, op, arg)
+            except NotImplementedError as exc:
+                raise Unsupported(not_implemented(exc, op)) from exc
             except Exception as exc:
                 raise CallFailed(one_line(exc), bounded(traceback.format_exc())) from exc
         return self._call_isolated(op, arg)

@@ -3,7 +3,9 @@
 The data lives in ``scenarios.toml`` next to this module (PyTorch OpInfo style: adding a case is
 one table there); this module loads it, expands the templates, checks them, and turns each
 scenario into a :class:`~harness.problem.Problem` per dtype with the generator named by its
-``kind`` (:mod:`harness.generators`).
+``kind`` (:mod:`harness.generators`). The catalogue is these named scenarios (the regression
+set), then the generated ones of :mod:`harness.space` (``space.toml``: a pairwise covering
+design over the contract's axes, family "space", tagged ``gate`` or ``full`` by subset).
 
 A scenario is deterministic: its problem for a dtype depends only on its name (through the seed),
 its parameters and the dtype.
@@ -44,14 +46,21 @@ from harness.generators import (
     COMMON_PARAMS,
     KIND_PARAMS,
     KINDS,
+    POISON_ROWS,
+    TARGET_CLASSES,
+    TARGET_DTYPES,
     TARGET_MODES,
     WEIGHT_MODES,
     generate,
+    resolve_ignore_index,
 )
 from harness.problem import REDUCTIONS, Problem
 
 TOML_RESOURCE = "scenarios.toml"
-KNOWN_TAGS = frozenset({"quick", "special", "large", "bits"})
+#: quick: the --quick subset; special: inf/NaN/subnormal/max inputs; large: only with
+#: --include-large; bits: bit-pattern logits; gate / full: a generated scenario (space.toml) in
+#: the subset every run judges / only in --full runs.
+KNOWN_TAGS = frozenset({"quick", "special", "large", "bits", "gate", "full"})
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
 # ----------------------------------------------------------------------------------------------
@@ -69,6 +78,8 @@ class Scenario:
     seed: int
     axis: tuple[str, float] | None = None
     tags: tuple[str, ...] = ()
+    #: a generated scenario's value on each axis of the space (harness/space.py), else None
+    coordinates: Mapping | None = field(default=None, hash=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -147,14 +158,25 @@ def _check_params(kind: str, params: Mapping, where: str) -> None:
         raise ValueError(f"{where}: target must be one of {', '.join(TARGET_MODES)}")
     if params.get("weight") not in (None, *WEIGHT_MODES):
         raise ValueError(f"{where}: weight must be one of {', '.join(WEIGHT_MODES)}")
-    ignore_index = params.get("ignore_index", -100)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"{where}: ignore_index must be an integer, got {ignore_index!r}")
+    for key, allowed in (("target_dtype", TARGET_DTYPES), ("target_classes", TARGET_CLASSES),
+                         ("poison_rows", POISON_ROWS)):
+        if key in params and params[key] not in allowed:
+            raise ValueError(f"{where}: {key} must be one of {', '.join(allowed)}")
+    if ("poison" in params) != ("poison_rows" in params):
+        raise ValueError(f"{where}: poison and poison_rows go together (a value and which rows get it)")
+    try:
+        ignore_index = resolve_ignore_index(params.get("ignore_index", -100), _classes(shape))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     if params.get("target", "index") != "index" and ignore_index >= 0:
         raise ValueError(
             f"{where}: ignore_index must be negative with probability targets (PyTorch rejects "
-            f"ignore_index >= 0 for them), got {ignore_index}"
+            f"ignore_index >= 0 for them), got {params.get('ignore_index')!r}"
         )
+
+
+def _classes(shape) -> int:
+    return int(shape[0] if len(shape) == 1 else shape[1])
 
 
 def _expand(entry: dict, defaults: dict, index: int) -> Iterable[Scenario]:
@@ -254,21 +276,33 @@ def loads(text: str) -> tuple[Scenario, ...]:
 
 @cache
 def _catalogue() -> tuple[Scenario, ...]:
+    """The named scenarios (scenarios.toml), then the generated space (space.toml)."""
+    from harness import space
+
     text = resources.files("harness").joinpath(TOML_RESOURCE).read_text(encoding="utf-8")
-    return loads(text)
+    named = loads(text)
+    generated = space.scenarios()
+    clash = {s.name for s in named} & {s.name for s in generated}
+    if clash:
+        raise ValueError(f"space.toml: scenario names also in scenarios.toml: {', '.join(sorted(clash))}")
+    return named + generated
 
 
 def catalogue() -> list[Scenario]:
-    """Every scenario, in the catalogue's order (a fresh list; the scenarios are immutable)."""
-    return list(_catalogue())
+    """Every scenario, in the catalogue's order, then the saved fuzz findings (family "found",
+    read from $XENT_FOUND or references/found/: see harness.fuzz) so check replays them (a
+    fresh list; the scenarios are immutable)."""
+    from harness.fuzz import found_scenarios
+
+    return list(_catalogue()) + found_scenarios()
 
 
 def families() -> list[str]:
-    return list(dict.fromkeys(s.family for s in _catalogue()))
+    return list(dict.fromkeys(s.family for s in catalogue()))
 
 
 def get(name: str) -> Scenario:
-    for s in _catalogue():
+    for s in catalogue():
         if s.name == name:
             return s
     raise KeyError(f"no scenario named {name!r}; see `xent-harness list --scenarios`")
@@ -288,7 +322,7 @@ def select(
     narrowed to ``dtypes`` (scenarios with none of them are dropped).
 
     A pattern that matches no scenario at all raises ValueError."""
-    cat = _catalogue()
+    cat = catalogue()
     pats = [q.strip() for p in (patterns or []) for q in p.split(",") if q.strip()]
     chosen = list(cat)
     if pats:
@@ -321,11 +355,12 @@ def options(s: Scenario) -> dict:
     p = s.params
     return {
         "reduction": p.get("reduction", "mean"),
-        "ignore_index": int(p.get("ignore_index", -100)),
+        "ignore_index": resolve_ignore_index(p.get("ignore_index", -100), _classes(s.shape)),
         "ignore_fraction": float(p.get("ignore_fraction", 0.0)),
         "label_smoothing": float(p.get("label_smoothing", 0.0)),
         "weight": p.get("weight"),
         "target": p.get("target", "index"),
+        "target_dtype": p.get("target_dtype", "int64"),
     }
 
 
@@ -344,6 +379,7 @@ def describe(s: Scenario) -> dict:
         "logits": s.size,
         "options": options(s),
         "params": {k: _thaw(v) for k, v in s.params.items() if k not in COMMON_PARAMS},
+        **({"space": dict(s.coordinates)} if s.coordinates is not None else {}),
     }
 
 

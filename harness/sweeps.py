@@ -77,6 +77,16 @@ class _Failure(str):
         return failure
 
 
+class _NotSupported(_Failure):
+    """An op the implementation declined for this problem (it raised ``NotImplementedError``,
+    or an isolated plugin's ``supports()`` said no): its cell is 'unsupported', with the message."""
+
+
+def _failed(errors: dict, ops) -> list[str]:
+    """What a special-value cell reports as errors: the ops that failed, not those declined."""
+    return [f"{o}: {errors[o]}" for o in ops if o in errors and not isinstance(errors[o], _NotSupported)]
+
+
 def _detail(errors: dict, ops) -> str | None:
     parts = [f"{op}: {errors[op].detail}" for op in ops if getattr(errors.get(op), "detail", None)]
     return "\n".join(parts) or None
@@ -172,9 +182,13 @@ def _call(runner, impl, problem, need) -> tuple[dict, dict, dict]:
         try:
             y = runner.call(op, problem)
             outputs[op] = verdicts.check_output(problem, y, op)
+        except Unsupported as exc:  # NotImplementedError: this op only is not supported
+            errors[op] = _NotSupported(str(exc))
         except (CallFailed, ValueError) as exc:
             errors[op] = _Failure.of(exc)
         timings[op] = time.perf_counter() - t0
+    if ops and all(isinstance(errors.get(op), _NotSupported) for op in ops):
+        raise Unsupported(str(errors[ops[0]]))  # nothing supported: the problem is unsupported
     return outputs, errors, timings
 
 
@@ -189,7 +203,7 @@ def _compute(results, runner, entry, s, d, problem, wanted):
         return need, reason, {}, {}, {}
     try:
         outputs, errors, timings = _call(runner, entry.impl, problem, need)
-    except Unsupported as exc:  # an isolated plugin's own supports(), asked in its child
+    except Unsupported as exc:  # supports() asked in an isolated child, or NotImplementedError
         return need, str(exc), {}, {}, {}
     return need, None, outputs, errors, timings, runner.take_output()
 
@@ -225,15 +239,21 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
             if not _has_special(exact):  # no inf/NaN in the contract: no cell, and resume knows
                 results.mark_not_applicable((k, name, d, s.name))
                 continue
-            failed = [f"{o}: {errors[o]}" for o in ("loss", "grad") if o in errors]
+            failed = _failed(errors, ("loss", "grad"))
             if failed:
                 results.add_cell(_cell(k, name, d, s.name, "error", "; ".join(failed),
                                        detail=_detail(errors, ("loss", "grad"))))
                 continue
-            judged = verdicts.judge_special(problem, outputs, exact)
+            if isinstance(errors.get("loss"), _NotSupported):
+                results.add_cell(_cell(k, name, d, s.name, "unsupported", str(errors["loss"])))
+                continue
+            judged = verdicts.judge_special(problem, outputs, exact)  # without a declined grad
             if judged is not None:
                 status, message, metrics = judged
                 results.add_cell(_cell(k, name, d, s.name, status, message, metrics))
+            continue
+        if isinstance(errors.get(op), _NotSupported):
+            results.add_cell(_cell(k, name, d, s.name, "unsupported", str(errors[op])))
             continue
         if op in errors:
             results.add_cell(_cell(k, name, d, s.name, "error", str(errors[op]), seconds=timings.get(op),
@@ -413,16 +433,22 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
             if not has_special():
                 results.mark_not_applicable((k, name, d, s.name))
                 continue
-            failed = [f"{o}: {it.errors[o]}" for o in ("loss", "grad") if o in it.errors]
+            failed = _failed(it.errors, ("loss", "grad"))
             if failed:
                 results.add_cell(_cell(k, name, d, s.name, "error", "; ".join(failed),
                                        detail=_detail(it.errors, ("loss", "grad"))))
+                continue
+            if isinstance(it.errors.get("loss"), _NotSupported):
+                results.add_cell(_cell(k, name, d, s.name, "unsupported", str(it.errors["loss"])))
                 continue
             exact = ref.loss()
             judged = blockwise.judge_special(problem, it.outputs, exact.loss_hi, exact.loss_lo, it.judge)
             if judged is not None:
                 status, message, metrics = judged
                 results.add_cell(_cell(k, name, d, s.name, status, message, metrics))
+            continue
+        if isinstance(it.errors.get(op), _NotSupported):
+            results.add_cell(_cell(k, name, d, s.name, "unsupported", str(it.errors[op])))
             continue
         if op in it.errors:
             results.add_cell(_cell(k, name, d, s.name, "error", str(it.errors[op]), seconds=it.timings.get(op),

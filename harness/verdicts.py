@@ -31,14 +31,60 @@ def _describe(v: float) -> str:
 
 
 def check_output(problem: Problem, y, quantity: str) -> np.ndarray:
-    """The output as an array of the problem's dtype; ValueError naming what is wrong."""
-    y = np.asarray(y)
+    """The output as an array of exactly the contract's type; ValueError (one line, expected vs
+    got) naming what is wrong.
+
+    The loss must have the logits' dtype and ``problem.output_shape``: a 0-d array for 'mean'
+    and 'sum' and for an unbatched 'none' (a NumPy scalar is one; a 1-element array is not),
+    the sample shape for 'none'. The gradient must have the logits' dtype and shape. A float64
+    result for float32 logits is an error, however exact: a Python float returned through
+    ``np.asarray`` is float64, and the contract is PyTorch's, whose loss has the logits' dtype.
+    Only the byte order is normalized (a byte-swapped float32 is float32)."""
+    try:
+        arr = np.asarray(y)
+    except Exception as exc:  # a ragged list, a device tensor NumPy cannot read ...
+        raise ValueError(f"{quantity}: returned {type(y).__name__}, which is not an array "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     shape = problem.output_shape if quantity == "loss" else problem.logits.shape
-    if y.shape != shape:
-        raise ValueError(f"{quantity}: returned shape {y.shape}, expected {shape}")
-    if y.dtype != problem.dtype:
-        raise ValueError(f"{quantity}: returned dtype {y.dtype.name}, expected {problem.dtype.name}")
-    return y
+    want = problem.dtype
+    wrong = []
+    if arr.shape != shape:
+        wrong.append(f"returned shape {arr.shape}, expected {shape}{_shape_hint(problem, quantity, arr)}")
+    if arr.dtype != want:
+        if _byte_swapped(arr.dtype, want):
+            arr = arr.astype(want)
+        else:
+            wrong.append(f"returned dtype {_dtype_name(arr.dtype)}, expected {want.name} (the logits' dtype)"
+                         + _dtype_hint(arr.dtype, want))
+    if wrong:
+        raise ValueError(f"{quantity}: " + "; ".join(wrong))
+    return arr
+
+
+def _dtype_name(dt: np.dtype) -> str:
+    return dt.name if dt.isnative else f"{dt.name} ({dt.str})"
+
+
+def _byte_swapped(got: np.dtype, want: np.dtype) -> bool:
+    try:
+        return not got.isnative and got.newbyteorder("=") == want
+    except (TypeError, ValueError):  # dtypes without a byte order
+        return False
+
+
+def _shape_hint(problem: Problem, quantity: str, arr: np.ndarray) -> str:
+    if quantity != "loss" or problem.output_shape != ():
+        return ""
+    why = "an unbatched input's 'none'" if problem.reduction == "none" else f"reduction '{problem.reduction}'"
+    got = ", not a 1-element array" if arr.size == 1 else ""
+    return f" (a 0-d array for {why}{got})"
+
+
+def _dtype_hint(got: np.dtype, want: np.dtype) -> str:
+    if got == np.float64:
+        return ("; a Python float or a float64 result: return it in the logits' dtype, "
+                "e.g. np.asarray(value, dtype=logits.dtype)")
+    return ""
 
 
 def judge(problem: Problem, quantity: str, y: np.ndarray, hi: np.ndarray, lo: np.ndarray,

@@ -30,6 +30,7 @@ DEVICES = ("cpu", "cuda")
 
 #: Why a canary is not in a default `check` (it is deliberately broken).
 CANARY_LEFT_OUT = "canary, left out of the gate (name it with --impl to check it)"
+OPT_IN_LEFT_OUT = "opt-in, left out of default runs (name it with --impl, or run `xent-harness zoo`)"
 
 
 def quantity(kind: str) -> str:

@@ -23,7 +23,12 @@ BAD = [
     ({"target": np.zeros((4, 2), np.float32)}, "target", "logits' shape"),
     ({"target": np.array(["a", "b", "c", "d"])}, "target", "neither"),
     ({"target": np.array([0, 1, 2, 1], np.int32)}, "target", "use target.astype(np.int64)"),
-    ({"target": np.array([0, 1, 2, 1], np.uint8)}, "target", "int64"),
+    ({"target": np.array([0, 1, 2, 1], np.uint16)}, "target", "int64 (PyTorch's Long) or uint8"),
+    ({"target": np.array([0, 1, 3, 1], np.uint8)}, "target", "outside [0, 3)"),
+    ({"logits": np.zeros((4, 3, 2), np.float32), "target": np.zeros((4, 2), np.uint8)}, "target",
+     "refused for K-dim logits"),
+    ({"target": np.array([0, 1, 2, 1], np.uint8), "weight": np.ones(3), "label_smoothing": 0.1}, "target",
+     "class weights, reduction 'mean' and label smoothing"),
     ({"logits": np.zeros(3, np.float32), "target": np.array([1])}, "target", "0-d target"),
     ({"weight": np.ones(2)}, "weight", "shape (3,)"),
     ({"logits": np.zeros((4, 3), np.float16), "weight": np.array([1.0, 1e6, 1.0])}, "weight", "overflows"),
@@ -125,3 +130,32 @@ def test_arrays_are_frozen():
     p = Problem(X, T)
     with pytest.raises(ValueError):
         p.logits[0, 0] = 1.0
+
+
+def test_uint8_class_indices_are_kept_and_read_as_int64():
+    """PyTorch takes Long and Byte class indices: a uint8 target is accepted (where every path of
+    PyTorch takes it), kept in its dtype (the implementations are called with it), widened by
+    rows(); its digest differs from its int64 twin's (a different call, the same reference)."""
+    t8 = T.astype(np.uint8)
+    p = Problem(X, t8, reduction="none")
+    assert p.target.dtype == np.uint8 and not p.probability_target
+    assert p.output_shape == (4,) and p.features == Problem(X, T, reduction="none").features
+    _, t = p.rows()
+    assert t.dtype == np.int64 and t.tolist() == T.tolist()
+    assert p.digest != Problem(X, T, reduction="none").digest
+    assert p.digest == Problem(X.copy(), t8.copy(), reduction="none").digest
+    assert p.astype(np.float64).target.dtype == np.uint8 and p.replace(reduction="sum").target.dtype == np.uint8
+    # ignore_index is compared with the class index's value, not wrapped to uint8 (-100 is not 156)
+    q = Problem(np.zeros((3, 300), np.float32), np.array([156, 3, 255], np.uint8), reduction="sum")
+    assert "ignore_index" not in q.features
+    inside = Problem(np.zeros((3, 200), np.float32), np.array([156, 3, 7], np.uint8), ignore_index=3)
+    assert "ignore_index" in inside.features
+    # unbatched: a 0-d uint8 target; weighted 'sum' and 'none' with smoothing are accepted
+    assert Problem(np.zeros(5), np.array(4, np.uint8)).sample_shape == ()
+    Problem(X, t8, weight=np.ones(3), label_smoothing=0.1, reduction="sum")
+    Problem(X, t8, weight=np.ones(3), label_smoothing=0.0, reduction="mean")
+
+
+def test_index_byte_order_is_normalized():
+    assert Problem(X, T.astype(">i8")).target.dtype == np.dtype("=i8")
+    assert Problem(X, T.astype("|u1")).target.dtype == np.dtype(np.uint8)

@@ -57,6 +57,12 @@ def test_xent_impl_environment_variable_and_dtype_filter(pytester, monkeypatch):
     assert ids and all("[numpy-bfloat16-" in line for line in ids)
 
 
+def _budget(dtype, key):
+    from harness import budgets
+
+    return budgets.defaults()[dtype][key]
+
+
 def test_faulty_plugin_fails_with_the_budget_message(pytester):
     r = suite(pytester, "--xent-impl", f"{FAULTY}:WrongWeightedMean", "-k", "weights-smoothing")
     # the weighted mean is wrong (loss); the gradient is right; 16-bit dtypes are unsupported
@@ -64,7 +70,7 @@ def test_faulty_plugin_fails_with_the_budget_message(pytester):
     assert r.ret == pytest.ExitCode.TESTS_FAILED
     r.stdout.fnmatch_lines([
         "*WrongWeightedMean on weights-smoothing-float32 (float32): loss: 1 of 1 values outside budget;*"
-        "(budget 4 ULP or 64)*",
+        f"(budget {_budget('float32', 'loss_ulp')} ULP or {_budget('float32', 'loss_scaled')})*",
         "*WrongWeightedMean: dtype bfloat16 not supported*",
     ])
 

@@ -17,9 +17,12 @@ from harness.formats import DTYPE_NAMES, FORMATS
 from harness.problem import Problem
 
 CATALOGUE = S.catalogue()
+# The named catalogue (scenarios.toml, the regression set) is tested here; the generated space
+# (space.toml) in tests/test_space.py, the saved fuzz findings in tests/test_fuzz.py.
+NAMED = [s for s in CATALOGUE if s.family not in ("space", "found")]
 # The language-model family (tests/test_llm_scenarios.py) is built there: 65.7 million to 2.1
 # billion logits a problem, outside the catalogue's reference budget (judged blockwise).
-ORDINARY = [s for s in CATALOGUE if s.family != "llm"]
+ORDINARY = [s for s in NAMED if s.family != "llm"]
 PAIRS = [(s, d) for s in ORDINARY for d in s.dtypes]
 
 REQUIRED_FAMILIES = {
@@ -61,7 +64,7 @@ def test_toml_is_package_data():
 
 
 def test_names_unique_and_well_formed():
-    names = [s.name for s in CATALOGUE]
+    names = [s.name for s in CATALOGUE]  # named, generated and found alike
     assert len(names) == len(set(names))
     for n in names:
         assert S.NAME_RE.match(n), n
@@ -103,7 +106,7 @@ def test_every_feature_is_exercised(problems):
 
 def test_budgets():
     total = S.total_logits(ORDINARY)
-    quick = S.select(quick=True)
+    quick = [s for s in S.select(quick=True) if s in NAMED]
     assert total <= ALL_BUDGET, total
     assert S.total_logits(quick) <= QUICK_BUDGET, S.total_logits(quick)
     assert 15 <= len(quick) <= 25
@@ -369,3 +372,17 @@ def test_loads_template():
 def test_loads_rejects(text, match):
     with pytest.raises(ValueError, match=match):
         S.loads(text)
+
+
+def test_the_generated_space_joins_the_catalogue_after_the_named_scenarios():
+    from harness import space
+
+    generated = space.scenarios()
+    names = [s.name for s in CATALOGUE]
+    first = names.index(generated[0].name)
+    assert names[first:first + len(generated)] == [s.name for s in generated]
+    assert all(CATALOGUE.index(s) < first for s in NAMED)
+    # --quick is the named quick set plus the space's quick subset; nothing else
+    quick = S.select(quick=True)
+    assert {s.name for s in quick if s.family == "space"} == {s.name for s in generated if s.quick}
+    assert {s.family for s in quick} >= REQUIRED_FAMILIES | {"space"}

@@ -184,8 +184,11 @@ class _Jax(Implementation):
         x = jax.device_put(problem.logits, dev)
         target = problem.target
         if not problem.probability_target:
-            # (C,) logits take a 0-d target; reshape guards against a (1,) copy of it
-            target = target.reshape(problem.sample_shape)
+            # (C,) logits take a 0-d target; reshape guards against a (1,) copy of it. uint8
+            # class indices are widened to int64 here: in jax, `t == ignore_index` with a uint8
+            # t casts the (weakly typed) ignore_index to uint8, so -100 would match class 156;
+            # widened, one executable serves both index dtypes
+            target = target.reshape(problem.sample_shape).astype(np.int64, copy=False)
         t = jax.device_put(target, dev)
         w = None if problem.weight is None else jax.device_put(problem.weight, dev)
         return x, t, w, problem.ignore_index, problem.label_smoothing

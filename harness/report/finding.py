@@ -66,8 +66,11 @@ def findings(results) -> list[dict]:
     Each finding: ``text`` (one sentence), ``severity`` (fail | error | special | known |
     surprise | canary), ``rank`` (smaller is worse), ``impl``, ``dtypes``, ``kind``,
     ``scenario`` (the example the sentence names), ``anchor`` (the id of its row in the HTML
-    report), ``cells`` (how many cells it summarises), ``canary`` (True for the canary's own)
-    and ``known`` (the documented reason of a known failure, else None).
+    report), ``cells`` (how many cells it summarises), ``canary`` (True for the canary's own),
+    ``known`` (the documented reason of a known failure, else None), ``diagnosis`` (the
+    example cell's diagnosis in one sentence, harness/diagnosis.py, else None), ``diagnosed``
+    (a bug hypothesis matched: the sentence ends with the closest, "— matches: ...") and
+    ``repro`` (the path of its reproducer relative to the results file, else None).
 
     Known failures (cells matching ``[[tool.xent-harness.known-failures]]``) stay findings,
     with severity "known" and their reason, ranked after the new failures and errors.
@@ -76,8 +79,10 @@ def findings(results) -> list[dict]:
     out: list[dict] = []
 
     def add(severity, rank, text, *, impl, dtypes=(), kind=None, scenario=None, anchor=None,
-            cells=1, known=None):
+            cells=1, known=None, diagnosis=None):
         canary = run.is_canary(impl) if impl else False
+        if diagnosis and diagnosis["matched"]:
+            text += f" — {diagnosis['short']}"
         if known and severity in ("fail", "error", "special"):
             severity, rank = "known", (3, *rank[1:])
         elif canary and severity in ("fail", "error", "special"):
@@ -86,7 +91,9 @@ def findings(results) -> list[dict]:
         out.append({"severity": severity, "rank": rank, "text": text, "impl": impl,
                     "dtypes": sorted(set(dtypes), key=_dtype_key), "kind": kind,
                     "scenario": scenario, "anchor": anchor, "cells": cells, "canary": canary,
-                    "known": known})
+                    "known": known, "diagnosis": diagnosis["text"] if diagnosis else None,
+                    "diagnosed": bool(diagnosis and diagnosis["matched"]),
+                    "repro": diagnosis["repro"] if diagnosis else None})
 
     # 0. a canary that passes: the harness missed a deliberately broken implementation
     for i in run.impls:
@@ -152,9 +159,13 @@ def findings(results) -> list[dict]:
                 f"(scenario {example['scenario']}{_share(run, example)})")
         mag = math.inf if mode in ("nan", "inf") else (run.m(worst, "ulp_max") or 0.0)
         tier_mode = {"nan": 0, "inf": 1, "zero": 2, "off": 3}[mode]
+        # the example's diagnosis, else the first matching one of the group
+        diagnosed = [example] + [c for c in cs if c is not example]
+        diagnosis = next((c["diagnosis"] for c in diagnosed if c["diagnosis"] and c["diagnosis"]["matched"]),
+                         example["diagnosis"])
         add("fail", (1, tier_mode, -_log(mag), -len(cs)), text, impl=impl, dtypes=dtypes,
             kind=kind, scenario=example["scenario"], anchor=example["id"], cells=len(cs),
-            known=known)
+            known=known, diagnosis=diagnosis)
 
     # 2. special-value mismatches: per implementation and scenario, dtypes merged
     sgroups: dict[tuple, list[dict]] = defaultdict(list)

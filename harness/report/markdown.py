@@ -31,19 +31,25 @@ def _known_groups(run: _Run) -> list[str]:
     share their dtypes, e.g. "jax float16 and float32 special values: posinf-one and
     posinf-target — reason"."""
     by: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    diagnoses: dict[tuple, set] = defaultdict(set)
     for c in run.cells:
         if c["known"]:
             by[(c["known"], c["impl"], c["kind"])][c["scenario"]].add(c["dtype"])
+            d = c["diagnosis"]
+            diagnoses[(c["known"], c["impl"], c["kind"])].add(d["best"] if d and d["matched"] else None)
     out = []
     for (reason, impl, kind), scen in by.items():
         per: dict[tuple, list[str]] = defaultdict(list)
         for name, dts in scen.items():
             per[tuple(sorted(dts, key=_dtype_key))].append(name)
+        # the diagnosis, when every diagnosed cell of the group has the same closest match
+        found = diagnoses[(reason, impl, kind)] - {None}
+        diag = f" (diagnosis: {_clip(next(iter(found)), 200)})" if len(found) == 1 else ""
         for dts, names in per.items():
             names = sorted(names)
             shown = names[:5] + ([f"{len(names) - 5} more"] if len(names) > 5 else [])
             out.append(f"{impl} {_and(list(dts))} {KIND_WORDS.get(kind, kind)}: {_and(shown)} "
-                       f"— {_clip(reason, 200)}")
+                       f"— {_clip(reason, 200)}{diag}")
     return out
 
 

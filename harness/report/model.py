@@ -112,6 +112,7 @@ class _Run:
             "axis": axis,
             "seconds": _num(c.get("seconds")),
             "detail": None if not c.get("detail") else str(c.get("detail")),
+            "diagnosis": _diagnosis(c.get("diagnosis")),
         }
         if c.get("known") and out["status"] in ("fail", "error"):
             out["known"] = str(c["known"]) if c["known"] is not True else "known failure"
@@ -161,6 +162,25 @@ class _Run:
         """Cells per status; known failures and errors under "known" only."""
         got = Counter("known" if c["known"] else c["status"] for c in self.cells)
         return {k: got[k] for k in COUNT_KEYS}
+
+
+def _diagnosis(d) -> dict | None:
+    """A cell's diagnosis (harness/diagnosis.py) for display: ``text`` (one sentence),
+    ``short`` (the closest match, and how many others, for findings), ``best`` (the closest
+    match alone), ``matched`` (a bug hypothesis matched), ``names`` (theirs) and ``repro`` (the reproducer's
+    path relative to the results file, or None)."""
+    if not isinstance(d, Mapping) or not d.get("text"):
+        return None
+    matches = [m for m in d.get("matches") or [] if isinstance(m, Mapping)]
+    repro = d.get("repro")
+    short = best = str(d["text"])
+    if matches:  # the closest match; the others are in the details
+        short = best = f"matches: {matches[0].get('text')}"
+        if len(matches) > 1:
+            short += f" ({len(matches) - 1} more hypothes{'es' if len(matches) > 2 else 'is'} also consistent)"
+    return {"text": str(d["text"]), "short": short, "best": best, "matched": bool(matches),
+            "names": [str(m.get("name")) for m in matches],
+            "repro": str(repro) if isinstance(repro, str) and repro else None}
 
 
 def _decode(obj):

@@ -292,6 +292,7 @@ def _details_data(run: _Run, dtypes: list[str]) -> dict:
     statuses = [*STATUSES, "pass (scaled)", "fail (known)", "error (known)"]
     msgs: dict[str, int] = {}
     details: dict[str, int] = {}
+    repros: dict[str, int] = {}  # reproducers' paths (harness/repro.py), relative to the results
     budgets: dict[str, int] = {}
     rows = []
     for c in run.cells:
@@ -309,14 +310,19 @@ def _details_data(run: _Run, dtypes: list[str]) -> dict:
         btext = "" if not bud else f"{fmt_num(bud.get('ulp'))} / {fmt_num(bud.get('scaled'))}"
         # elements outside the budget (special cells: the inf/NaN positions that differ)
         outside = m.get("mismatch") if c["kind"] == "special" else m.get("failing")
-        rows.append([
+        row = [
             impl_ix[c["impl"]], dtype_ix[c["dtype"]], scen_ix[c["scenario"]],
             kinds.index(c["kind"]), st, _jnum(m.get("ulp_max")), _jnum(m.get("ulp_median")),
             _jnum(m.get("ulp_p99")), _jnum(m.get("scaled_max")), _jnum(m.get("rel_max")),
             _jnum(m.get("normwise")), budgets.setdefault(btext, len(budgets)), mi,
             _jnum(outside), _jnum(m.get("count")) if m else None, ki,
             -1 if not c["detail"] else details.setdefault(c["detail"], len(details)),
-        ])
+        ]
+        if c["diagnosis"]:  # the diagnosis (harness/diagnosis.py) and the reproducer written with it
+            repro = c["diagnosis"]["repro"]
+            row += [msgs.setdefault(c["diagnosis"]["text"], len(msgs)),
+                    -1 if not repro else repros.setdefault(repro, len(repros))]
+        rows.append(row)
     # worst first: failures, errors, known failures, passes above the ULP budget, passes,
     # not supported
     order = ("fail", "error", "fail (known)", "error (known)", "pass (scaled)", "pass",
@@ -330,6 +336,7 @@ def _details_data(run: _Run, dtypes: list[str]) -> dict:
                        if s in run.scenarios else -1 for s in scen_names],
         "families": run.families, "kinds": kinds, "statuses": statuses,
         "messages": list(msgs), "details": list(details), "budgets": list(budgets), "rows": rows,
+        "repros": list(repros),
     }
     # families of scenarios only seen in cells
     for c in run.cells:
