@@ -154,6 +154,9 @@ def child(args) -> dict:
         total = time.perf_counter() - t0
         res.close()
         cells = {c["kind"]: c for c in res.cells}
+        for c in res.cells:  # a failing cell says why (the budgets follow the measured space)
+            if c["status"] != "pass":
+                print(f"  {c['kind']}: {c['message']}", file=sys.stderr)
     text = "\n".join(logs)
     gen = re.search(r"built in ([0-9.]+) s", text)
     ref = re.search(r"\(blockwise, [0-9,]+ logits\) in ([0-9.]+) s; judged \d+ gradients in ([0-9.]+) s", text)

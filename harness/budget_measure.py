@@ -22,8 +22,8 @@ Per dtype:
 * **ULP budget** (``loss_ulp`` and ``grad_ulp``): the correct-digits door, so it is measured on
   the implementation built for correct digits, the float64 control (:data:`ULP_SOURCES`), on
   the loss: its largest ULP error times the headroom, rounded up on :data:`GRID`. In the
-  formats narrower than float64 that is the exact value rounded twice (0.5 ULP measured), in
-  float64 the log1p form's few ULPs. numpy, torch and jax compute in the format itself (their
+  formats narrower than float64 its loss is the exact value rounded twice (0.5 ULP measured),
+  in float64 the log1p form's few ULPs. numpy, torch and jax compute in the format itself (their
   sums over 32768 classes are several ULPs off in float32, ordinary arithmetic that the scaled
   budget admits), so their ULP maxima are shown, not used. The gradient has the loss's door: no
   float arithmetic gives correct digits in every gradient element (p_j - t_j cancels for
