@@ -17,9 +17,9 @@ same file gives the same rows in the same order, hence the same names and seeds.
 Subsets, chosen greedily over the design in its order (ties go to the earlier row):
 
 * ``quick``: every value of every axis at least once, the row covering the most values not yet
-  covered per unit of cost first (cost = logits + the per-scenario overhead);
+  covered per unit of cost first (:func:`cost`: an estimate of its time, warm and cold);
 * ``gate``: quick, then the rows adding the most pairs not yet covered per unit of cost while
-  the subset's logits and scenario count stay within its budget;
+  the subset's cost and scenario count stay within its budget;
 * the rest (tag ``full``) runs with ``--full``.
 """
 
@@ -43,7 +43,8 @@ SHAPE_PIECES = ("unbatched", "spatial", "samples", "classes", "dtype")
 #: What a value may carry besides parameters.
 VALUE_META = ("why", "tags", "exact_path")
 VALUE_TAGS = frozenset({"special", "bits"})
-SUBSET_TAGS = ("quick", "gate", "full")
+#: The terms of a scenario's cost (space.toml's [subsets.cost]).
+COST_TERMS = ("scenario", "logit", "fast_path_sample", "fast_path_logit", "exact_path_sample", "exact_path_logit")
 
 
 class SpaceError(ValueError):
@@ -85,10 +86,9 @@ class Space:
     name_pattern: str
     max_logits: int
     max_exact_path_logits: int
-    overhead_logits: int
-    subset_exact_path_samples: int
-    quick_logits: int
-    gate_logits: int
+    cost_model: Mapping  # [subsets.cost]: what a sample, a logit, a scenario cost
+    quick_cost: int
+    gate_cost: int
     gate_scenarios: int
     kind_axis: str
     piece_axis: Mapping  # shape piece -> the axis giving it
@@ -281,10 +281,10 @@ def parse(data: Mapping) -> Space:
                   ("design", "limits", "subsets", "axes"))
     design = _table(data["design"], "design", ("family", "name"), ("family", "name"))
     limits = _table(data["limits"], "limits", ("logits", "exact_path_logits"), ("logits", "exact_path_logits"))
-    subsets = _table(data["subsets"], "subsets", ("overhead_logits", "exact_path_samples", "quick", "gate"),
-                     ("overhead_logits", "exact_path_samples", "quick", "gate"))
-    quick = _table(subsets["quick"], "subsets.quick", ("logits",), ("logits",))
-    gate = _table(subsets["gate"], "subsets.gate", ("logits", "scenarios"), ("logits", "scenarios"))
+    subsets = _table(data["subsets"], "subsets", ("cost", "quick", "gate"), ("cost", "quick", "gate"))
+    cost = _table(subsets["cost"], "subsets.cost", COST_TERMS, COST_TERMS)
+    quick = _table(subsets["quick"], "subsets.quick", ("cost",), ("cost",))
+    gate = _table(subsets["gate"], "subsets.gate", ("cost", "scenarios"), ("cost", "scenarios"))
     kinds = {k: frozenset(v) for k, v in KIND_PARAMS.items()}
     axes: dict[str, dict[str, Value]] = {}
     raw_axes = _table(data["axes"], "axes")
@@ -309,10 +309,9 @@ def parse(data: Mapping) -> Space:
         name_pattern=_text(design["name"], "design.name"),
         max_logits=_count(limits["logits"], "limits.logits"),
         max_exact_path_logits=_count(limits["exact_path_logits"], "limits.exact_path_logits"),
-        overhead_logits=_count(subsets["overhead_logits"], "subsets.overhead_logits", zero=True),
-        subset_exact_path_samples=_count(subsets["exact_path_samples"], "subsets.exact_path_samples"),
-        quick_logits=_count(quick["logits"], "subsets.quick.logits"),
-        gate_logits=_count(gate["logits"], "subsets.gate.logits"),
+        cost_model=MappingProxyType({k: _count(cost[k], f"subsets.cost.{k}", zero=True) for k in COST_TERMS}),
+        quick_cost=_count(quick["cost"], "subsets.quick.cost"),
+        gate_cost=_count(gate["cost"], "subsets.gate.cost"),
         gate_scenarios=_count(gate["scenarios"], "subsets.gate.scenarios"),
         kind_axis=kind_axis,
         piece_axis=MappingProxyType(piece_axis),
@@ -413,54 +412,49 @@ def _label(space: Space, row: Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{a}={row[a]}" for a in space.axes if a in row) + "}"
 
 
-def _cost(space: Space, row: Mapping[str, str]) -> int:
-    return space.logits(row) + space.overhead_logits
+def cost(space: Space, row: Mapping[str, str]) -> int:
+    """What a scenario costs a run, in space.toml's units (~1 us on one core): warm, its logits
+    and a fixed part; cold, its reference on the fast or the MPFR path as well."""
+    c = space.cost_model
+    samples, logits = space.piece(row, "samples"), space.logits(row)
+    path = "exact_path" if space.exact_path(row) else "fast_path"
+    return (c["scenario"] + c["logit"] * logits
+            + c[f"{path}_sample"] * samples + c[f"{path}_logit"] * logits)
 
 
 def subsets(space: Space, rows: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     """The indices of the quick and gate rows (see the module docstring)."""
     axes = list(space.axes)
-    cost = [_cost(space, r) for r in rows]
-    # a long batch on the MPFR path costs a minute cold: those scenarios wait for --full
-    eligible = [not (space.exact_path(r) and space.piece(r, "samples") > space.subset_exact_path_samples)
-                for r in rows]
-    missing = ({(a, r[a]) for r in rows for a in axes}
-               - {(a, r[a]) for r, ok in zip(rows, eligible) if ok for a in axes})
-    if missing:
-        axis, name = sorted(missing)[0]
-        raise SpaceError(f"space.toml: subsets.exact_path_samples: value {name!r} of axis {axis} is only in "
-                         "scenarios beyond it, so no subset could hold every value")
+    costs = [cost(space, r) for r in rows]
 
-    def greedy(items: list[set], chosen: list[int], fits) -> list[int]:
+    def greedy(items: list[set], chosen: list[int], budget: int, count: int) -> list[int]:
         covered = set().union(*(items[i] for i in chosen)) if chosen else set()
-        chosen = list(chosen)
-        while True:
+        chosen, spent = list(chosen), sum(costs[i] for i in chosen)
+        while len(chosen) < count:
             best, best_gain = None, 0.0
             for i, it in enumerate(items):
-                if i in chosen or not eligible[i] or not fits(chosen, i):
+                if i in chosen or spent + costs[i] > budget:
                     continue
                 new = len(it - covered)
-                if new and new / cost[i] > best_gain:
-                    best, best_gain = i, new / cost[i]
+                if new and new / costs[i] > best_gain:
+                    best, best_gain = i, new / costs[i]
             if best is None:
-                return chosen
+                break
             chosen.append(best)
             covered |= items[best]
+            spent += costs[best]
+        return chosen
 
     values = [{(a, r[a]) for a in axes} for r in rows]
-    quick = greedy(values, [], lambda chosen, i: True)
-    quick_logits = sum(space.logits(rows[i]) for i in quick)
-    if quick_logits > space.quick_logits:
-        raise SpaceError(f"space.toml: subsets.quick: covering every value takes {quick_logits:,} logits, "
-                         f"more than its logits = {space.quick_logits:,}")
-
-    def fits_gate(chosen, i):
-        return (len(chosen) < space.gate_scenarios
-                and sum(space.logits(rows[j]) for j in chosen) + space.logits(rows[i]) <= space.gate_logits)
-
-    if quick_logits > space.gate_logits or len(quick) > space.gate_scenarios:
+    quick = greedy(values, [], space.quick_cost, len(rows))
+    missing = set().union(*values) - set().union(*(values[i] for i in quick)) if rows else set()
+    if missing:
+        axis, name = sorted(missing)[0]
+        raise SpaceError(f"space.toml: subsets.quick: its cost = {space.quick_cost:,} does not reach every value "
+                         f"(not {axis} = {name!r}); raise it")
+    if sum(costs[i] for i in quick) > space.gate_cost or len(quick) > space.gate_scenarios:
         raise SpaceError("space.toml: subsets.gate: its budget is smaller than the quick subset it includes")
-    gate = greedy([pairs_of(r, axes) for r in rows], quick, fits_gate)
+    gate = greedy([pairs_of(r, axes) for r in rows], quick, space.gate_cost, space.gate_scenarios)
     return sorted(quick), sorted(gate)
 
 
@@ -487,7 +481,10 @@ def build(space: Space):
         for v in values:
             params.update(v.params)
         kind = params.pop("kind")
-        _check_params(kind, params, f"space.toml: scenario {name} {label}")
+        try:
+            _check_params(kind, params, f"space.toml: scenario {name} {label}")
+        except ValueError as exc:
+            raise SpaceError(str(exc)) from None
         tags = {t for v in values for t in v.tags}
         tags |= {"quick", "gate"} if i in quick else {"gate"} if i in gate else {"full"}
         out.append(Scenario(
@@ -530,6 +527,7 @@ __all__ = [
     "SpaceError",
     "Value",
     "build",
+    "cost",
     "coverable_pairs",
     "design",
     "load",

@@ -157,10 +157,26 @@ def test_gate_and_quick_hold_every_value_and_nest():
     assert {s.name for s in gate}.isdisjoint({s.name for s in full})
     assert len(gate) + len(full) == len(GENERATED)
     sub = DATA["subsets"]
-    assert scenarios.total_logits(quick) <= sub["quick"]["logits"]
-    assert scenarios.total_logits(gate) <= sub["gate"]["logits"]
+    assert sum(_cost(s) for s in quick) <= sub["quick"]["cost"]
+    assert sum(_cost(s) for s in gate) <= sub["gate"]["cost"]
     assert len(gate) <= sub["gate"]["scenarios"]
     assert len(quick) < len(gate) / 2
+
+
+def _cost(s) -> int:
+    """A scenario's cost as space.toml's header defines it (the test's own arithmetic)."""
+    c, row = DATA["subsets"]["cost"], dict(s.coordinates)
+    path = "exact_path" if any(AXES[a][v].get("exact_path", False) for a, v in row.items()) else "fast_path"
+    return c["scenario"] + c["logit"] * s.size + c[f"{path}_sample"] * _piece(row, "samples") + c[f"{path}_logit"] * s.size
+
+
+def test_the_gate_leaves_the_costliest_scenarios_to_full():
+    gate, full = _subset("gate"), _subset("full")
+    assert max(_cost(s) for s in gate) < max(_cost(s) for s in full)
+    # a long batch on the MPFR path costs a minute cold: none is in the gate
+    long_exact = [s for s in GENERATED if _cost(s) > 60_000_000]
+    assert long_exact and not set(long_exact) & set(gate)
+    assert all(space.cost(space.load(), dict(s.coordinates)) == _cost(s) for s in GENERATED)
 
 
 def test_the_gate_covers_more_pairs_than_quick(coverable):
@@ -434,6 +450,9 @@ def _replace(old: str, new: str) -> str:
         (_replace('[[constraint]]\nwhen = { layout = ["unbatched"] }', '[[constraint]]\nwhen = { layout = ["kdim-3"] }'),
          ["scenario {", "unbatched input is one sample", "[[constraint]]"]),
         (_replace('[limits]\n', '[limits]\nlogtis = 5\n'), ["limits", "logtis"]),
+        (_replace('none = { reduction = "none",', 'none = { reduction = "avg",'),
+         ["scenario pair-", "reduction=none}", "reduction must be one of"]),
+        (_replace('quick = { cost = 30_000_000 }', 'quick = { cost = 3 }'), ["subsets.quick", "does not reach every value"]),
         (TEXT.replace("[design]", "[design]\nname2 = 1", 1),
          ["design", "name2"]),
         (_replace('kdim-1 = {', '"KDim" = {'), ["axes.layout.values.KDim", "value names must match"]),
