@@ -201,6 +201,7 @@ def main(argv=None) -> int:
     if r.returncode != 0:
         sys.stderr.write(r.stdout[-4000:] + r.stderr[-4000:])
         return r.returncode
+    sys.stderr.write(r.stderr)  # the child's word on failing cells
     m = json.loads(r.stdout.strip().splitlines()[-1])
     if args.json:
         print(json.dumps(m))
