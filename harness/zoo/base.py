@@ -45,6 +45,40 @@ class Adapter(Implementation):
         return super().describe() | {"library": self.library, "extra": self.extra}
 
 
+
+class AutodiffAdapter(Adapter):
+    """An adapter whose library computes the loss and its autodiff gradient in one call:
+    :meth:`_run` returns both as the library's values; this class converts them
+    (:meth:`to_numpy`), puts per-sample losses and (M, C) gradient rows back in the problem's
+    layout, and returns exactly the logits' dtype."""
+
+    def _run(self, problem: Problem, grad: bool):
+        """(loss, gradient or None) as the library returns them."""
+        raise NotImplementedError
+
+    @staticmethod
+    def to_numpy(value) -> np.ndarray:
+        return np.asarray(value)
+
+    def grad_in_rows(self, problem: Problem) -> bool:
+        """Whether the library's gradient is (M, C) rows (class axis last), else the logits' layout."""
+        return True
+
+    def _loss(self, problem: Problem, loss) -> np.ndarray:
+        y = self.to_numpy(loss)
+        return output(problem, per_sample(problem, y) if problem.reduction == "none" else y.reshape(()))
+
+    def loss(self, problem):
+        return self._loss(problem, self._run(problem, grad=False)[0])
+
+    def grad(self, problem):
+        return self.loss_and_grad(problem)[1]
+
+    def loss_and_grad(self, problem):
+        loss, g = self._run(problem, grad=True)
+        g = self.to_numpy(g)
+        return self._loss(problem, loss), output(problem, rows_back(problem, g) if self.grad_in_rows(problem) else g)
+
 def class_last(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """Logits as (M, C) rows and targets as (M,) indices or (M, C) probabilities (exact)."""
     return problem.rows()

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from harness.zoo.base import Adapter, class_last, output, per_sample, rows_back
+from harness.zoo.base import AutodiffAdapter, class_last
 
 _REDUCTION = {"none": None, "sum": "sum", "mean": "mean_with_sample_weight"}
 
@@ -46,7 +46,7 @@ def _keras():
     return keras, jax, jnp
 
 
-class Keras(Adapter):
+class Keras(AutodiffAdapter):
     """keras.losses.(Sparse)CategoricalCrossentropy(from_logits=True), jax backend, jax gradient."""
 
     name = "keras"
@@ -54,6 +54,7 @@ class Keras(Adapter):
     library = "keras"
     extra = "zoo-keras"
     requires = ("keras", "jax")
+    contract = "keras"  # a 'mean' over no weight is 0 (divide_no_nan; docs/contracts.md)
 
     def supports(self, problem):
         reason = super().supports(problem)
@@ -90,16 +91,3 @@ class Keras(Adapter):
             return np.asarray(objective(jnp.asarray(x))[1]), None
         (_, loss), g = jax.value_and_grad(objective, has_aux=True)(jnp.asarray(x))
         return np.asarray(loss), np.asarray(g)
-
-    def _loss(self, problem, loss):
-        return output(problem, per_sample(problem, loss) if problem.reduction == "none" else loss)
-
-    def loss(self, problem):
-        return self._loss(problem, self._run(problem, grad=False)[0])
-
-    def grad(self, problem):
-        return self.loss_and_grad(problem)[1]
-
-    def loss_and_grad(self, problem):
-        loss, g = self._run(problem, grad=True)
-        return self._loss(problem, loss), output(problem, rows_back(problem, g))

@@ -22,7 +22,7 @@ from functools import cache
 
 import numpy as np
 
-from harness.zoo.base import LAYOUTS, REDUCTIONS, Adapter, class_last, output, per_sample, rows_back
+from harness.zoo.base import LAYOUTS, REDUCTIONS, AutodiffAdapter, class_last
 
 
 @cache
@@ -53,13 +53,15 @@ def _function(variant: str, probability: bool, reduction: str, num_classes: int,
     return forward, both
 
 
-class _Optax(Adapter):
+class _Optax(AutodiffAdapter):
     library = "optax"
     extra = "zoo-optax"
     requires = ("jax", "optax")
+    #: optax's conventions differ per function (docs/contracts.md): each variant says its own
+    contract = "pytorch"
     variant = ""
 
-    def _call(self, problem, grad: bool):
+    def _run(self, problem, grad: bool):
         x, t = class_last(problem)
         fwd, both = _function(self.variant, problem.probability_target, problem.reduction,
                               problem.num_classes, problem.label_smoothing > 0)
@@ -69,27 +71,13 @@ class _Optax(Adapter):
         (_, loss), g = both(x, t, eps)
         return loss, g
 
-    def _loss(self, problem, loss):
-        loss = np.asarray(loss)
-        return output(problem, per_sample(problem, loss) if problem.reduction == "none" else loss)
-
-    def loss(self, problem):
-        return self._loss(problem, self._call(problem, grad=False)[0])
-
-    def grad(self, problem):
-        return self.loss_and_grad(problem)[1]
-
-    def loss_and_grad(self, problem):
-        loss, g = self._call(problem, grad=True)
-        return self._loss(problem, loss), output(problem, rows_back(problem, np.asarray(g)))
-
-
 class OptaxIntegerLabels(_Optax):
     """optax.softmax_cross_entropy_with_integer_labels, jnp.mean/jnp.sum, jax.value_and_grad."""
 
     name = "optax-integer-labels"
     description = "optax.softmax_cross_entropy_with_integer_labels (class indices), jnp reductions, jitted"
     variant = "integer-labels"
+    contract = "optax"  # a +inf logit gives +inf
     features = REDUCTIONS | LAYOUTS
 
 
@@ -99,6 +87,7 @@ class OptaxSoftmax(_Optax):
     name = "optax-softmax"
     description = "optax.softmax_cross_entropy (probabilities, or jax.nn.one_hot indices), optax.smooth_labels"
     variant = "softmax"
+    contract = "optax-softmax"  # 0 · log 0 = NaN where a one-hot label is 0 at a −inf logit
     features = REDUCTIONS | LAYOUTS | {"probability_target", "label_smoothing"}
 
 
@@ -108,4 +97,6 @@ class OptaxSafe(_Optax):
     name = "optax-safe"
     description = "optax.safe_softmax_cross_entropy (0·log 0 = 0 at −inf logits), one-hot indices, smooth_labels"
     variant = "safe"
+    # PyTorch's for class indices (0 · log 0 = 0 is PyTorch's index semantics); its finite value
+    # for a probability target 0 at a −inf logit (PyTorch: NaN) is not profiled
     features = REDUCTIONS | LAYOUTS | {"probability_target", "label_smoothing"}

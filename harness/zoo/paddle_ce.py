@@ -14,11 +14,11 @@ unsupported.
 
 from __future__ import annotations
 
-from harness.zoo.base import Adapter, class_last, output, per_sample, rows_back
+from harness.zoo.base import AutodiffAdapter, class_last
 from harness.zoo.convert import from_paddle, to_paddle
 
 
-class Paddle(Adapter):
+class Paddle(AutodiffAdapter):
     """paddle.nn.functional.cross_entropy (CPU), every PyTorch option, gradient by paddle.grad."""
 
     name = "paddle"
@@ -35,6 +35,8 @@ class Paddle(Adapter):
                     "ignored')")
         return reason
 
+    to_numpy = staticmethod(from_paddle)
+
     def _run(self, problem, grad: bool):
         import paddle
 
@@ -49,17 +51,3 @@ class Paddle(Adapter):
         if grad:
             (g,) = paddle.grad([loss], [xt], grad_outputs=[paddle.ones_like(loss)])
         return loss, g
-
-    def _loss(self, problem, loss):
-        y = from_paddle(loss)
-        return output(problem, per_sample(problem, y) if problem.reduction == "none" else y.reshape(()))
-
-    def loss(self, problem):
-        return self._loss(problem, self._run(problem, grad=False)[0])
-
-    def grad(self, problem):
-        return self.loss_and_grad(problem)[1]
-
-    def loss_and_grad(self, problem):
-        loss, g = self._run(problem, grad=True)
-        return self._loss(problem, loss), output(problem, rows_back(problem, from_paddle(g)))

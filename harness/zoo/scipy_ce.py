@@ -24,6 +24,7 @@ class Scipy(Adapter):
     library = "scipy"
     extra = "zoo-scipy"
     requires = ("scipy",)
+    contract = "scipy"  # a +inf logit gives +inf (docs/contracts.md)
     features = REDUCTIONS | LAYOUTS | {"probability_target"}
 
     def _parts(self, problem):

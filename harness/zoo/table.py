@@ -158,12 +158,13 @@ def _cpu(cpu) -> str:
 
 
 def _findings(cells: list[dict], name: str) -> list[str]:
-    """One implementation's failing and erroring cells, one line per (status, kind, dtype): how
+    """One implementation's failing and erroring cells (and its convention differences,
+    harness.contracts), one line per (status, kind, dtype): how
     many scenarios, which (the first few), and the first one's message as the example. Most
     frequent first, so a library's main finding leads."""
     groups: dict = {}
     for c in cells:
-        if c["impl"] != name or c["status"] not in ("fail", "error"):
+        if c["impl"] != name or c["status"] not in ("fail", "error", "convention"):
             continue
         groups.setdefault((c["status"], c["kind"], c["dtype"]), []).append(c)
     order = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
@@ -210,19 +211,22 @@ def render(data: dict, side: dict | None = None) -> str:
            "", "Install every library with `pip install 'xent-harness[zoo]'` (or one extra each, in the table), "
            "rerun the command above and commit the page. How each adapter calls its library, and what it declares "
            "unsupported, is in its module's docstring (`harness/zoo/`).",
-           "", "| implementation | library | extra | verdict | pass | fail | error | unsupported |",
-           "|---|---|---|---|---:|---:|---:|---:|"]
+           "", "| implementation | library | extra | verdict | pass | fail | error | unsupported | convention |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         c = r.get("counts") or {}
         fail = str(c.get("fail", 0) + c.get("known", 0)) + (f" ({c['known']} known)" if c.get("known") else "")
         kind = " (canary)" if r.get("canary") else ""
         out.append(f"| `{r['name']}`{kind} | {library(r['name'])} | {_extra(r['name'])} | {r['verdict']} | "
-                   f"{c.get('pass', 0)} | {fail} | {c.get('error', 0)} | {c.get('unsupported', 0)} |")
+                   f"{c.get('pass', 0)} | {fail} | {c.get('error', 0)} | {c.get('unsupported', 0)} | "
+                   f"{c.get('convention', 0)} |")
     for u in unavailable:
         out.append(f"| `{u['name']}` | {library(u['name'])} | {_extra(u['name'])} | unavailable: {u['reason']} "
-                   "| | | | |")
+                   "| | | | | |")
     out += ["", "'fail' counts known failures too (pyproject.toml lists them so that `check` gates on new "
-            "ones); the zoo is a benchmark, not a gate.", "", "## Findings per library", "",
+            "ones); 'convention' counts the cells that differ from PyTorch's contract only by the library's "
+            "documented convention (its contract profile, docs/contracts.md): not defects. The zoo is a benchmark, "
+            "not a gate.", "", "## Findings per library", "",
             "Failing and erroring cells of each implementation, one line per status, kind and dtype (the "
             f"most frequent first, at most {FINDINGS_SHOWN}): how many scenarios, which, and the first one's "
             "message. The run's report.html and results.json have every cell.", ""]

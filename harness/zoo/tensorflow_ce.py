@@ -11,11 +11,11 @@ whatever the labels sum to. bfloat16 crosses by ``tf.bitcast`` (see :mod:`harnes
 
 from __future__ import annotations
 
-from harness.zoo.base import LAYOUTS, REDUCTIONS, Adapter, class_last, output, per_sample, rows_back
+from harness.zoo.base import LAYOUTS, REDUCTIONS, AutodiffAdapter, class_last
 from harness.zoo.convert import from_tf, to_tf
 
 
-class TensorFlow(Adapter):
+class TensorFlow(AutodiffAdapter):
     """tf.nn.(sparse_)softmax_cross_entropy_with_logits, tf.reduce_mean/sum, tf.GradientTape."""
 
     name = "tensorflow"
@@ -23,7 +23,10 @@ class TensorFlow(Adapter):
     library = "tensorflow-cpu"
     extra = "zoo-tf"
     requires = ("tensorflow",)
+    contract = "tensorflow"  # the gradient assumes normalised probability targets (docs/contracts.md)
     features = REDUCTIONS | LAYOUTS | {"probability_target"}
+
+    to_numpy = staticmethod(from_tf)
 
     def _run(self, problem, grad: bool):
         import tensorflow as tf
@@ -42,17 +45,3 @@ class TensorFlow(Adapter):
                 loss = total = tf.reduce_mean(per) if problem.reduction == "mean" else tf.reduce_sum(per)
         g = tape.gradient(total, xt) if grad else None
         return loss, g
-
-    def _loss(self, problem, loss):
-        y = from_tf(loss)
-        return output(problem, per_sample(problem, y) if problem.reduction == "none" else y)
-
-    def loss(self, problem):
-        return self._loss(problem, self._run(problem, grad=False)[0])
-
-    def grad(self, problem):
-        return self.loss_and_grad(problem)[1]
-
-    def loss_and_grad(self, problem):
-        loss, g = self._run(problem, grad=True)
-        return self._loss(problem, loss), output(problem, rows_back(problem, from_tf(g)))

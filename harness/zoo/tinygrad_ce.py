@@ -23,7 +23,7 @@ from functools import cache
 
 import numpy as np
 
-from harness.zoo.base import Adapter, class_last, output, per_sample, rows_back
+from harness.zoo.base import AutodiffAdapter, class_last
 from harness.zoo.convert import from_tinygrad, to_tinygrad
 
 
@@ -48,7 +48,7 @@ def clang_bf16() -> str | None:
     return lines[0].split("error: ")[-1] if lines else f"{cc} exited {out.returncode}"
 
 
-class Tinygrad(Adapter):
+class Tinygrad(AutodiffAdapter):
     """tinygrad Tensor.sparse_categorical_crossentropy / cross_entropy on CPU, Tensor.gradient."""
 
     name = "tinygrad"
@@ -73,32 +73,22 @@ class Tinygrad(Adapter):
             return f"bfloat16 not supported by this clang (tinygrad's CPU compiler): {clang_bf16()}"
         return reason
 
+    to_numpy = staticmethod(from_tinygrad)
+
+    def grad_in_rows(self, problem):
+        return not problem.probability_target  # cross_entropy keeps the class axis at 1
+
     def _run(self, problem, grad: bool):
         if problem.probability_target:
             x = to_tinygrad(np.ascontiguousarray(problem.logits), "CPU")
             loss = x.cross_entropy(to_tinygrad(problem.target, "CPU"), reduction=problem.reduction,
                                    label_smoothing=problem.label_smoothing)
             g = loss.sum().gradient(x)[0] if grad else None
-            return loss, g, False
+            return loss, g
         rows, t = class_last(problem)
         x = to_tinygrad(rows, "CPU")
         loss = x.sparse_categorical_crossentropy(to_tinygrad(t, "CPU"), ignore_index=problem.ignore_index,
                                                  label_smoothing=problem.label_smoothing,
                                                  reduction=problem.reduction)
         g = loss.sum().gradient(x)[0] if grad else None
-        return loss, g, True
-
-    def _loss(self, problem, loss):
-        y = from_tinygrad(loss)
-        return output(problem, per_sample(problem, y) if problem.reduction == "none" else y.reshape(()))
-
-    def loss(self, problem):
-        return self._loss(problem, self._run(problem, grad=False)[0])
-
-    def grad(self, problem):
-        return self.loss_and_grad(problem)[1]
-
-    def loss_and_grad(self, problem):
-        loss, g, as_rows = self._run(problem, grad=True)
-        g = from_tinygrad(g)
-        return self._loss(problem, loss), output(problem, rows_back(problem, g) if as_rows else g)
+        return loss, g

@@ -13,11 +13,11 @@ class axis last (a transpose for K-dim inputs), as a model's (batch, sequence, v
 
 from __future__ import annotations
 
-from harness.zoo.base import LAYOUTS, Adapter, class_last, output, rows_back
+from harness.zoo.base import LAYOUTS, AutodiffAdapter, class_last
 from harness.zoo.convert import from_torch, to_torch
 
 
-class Transformers(Adapter):
+class Transformers(AutodiffAdapter):
     """transformers ForCausalLMLoss (pre-shifted labels), mean or sum, torch autograd gradient."""
 
     name = "transformers"
@@ -26,6 +26,8 @@ class Transformers(Adapter):
     extra = "zoo-transformers"
     requires = ("transformers", "torch")
     features = LAYOUTS | {"ignore_index", "label_smoothing", "reduction:mean", "reduction:sum"}
+
+    to_numpy = staticmethod(from_torch)
 
     def _run(self, problem, grad: bool):
         import torch
@@ -39,13 +41,3 @@ class Transformers(Adapter):
                                    ignore_index=problem.ignore_index, label_smoothing=problem.label_smoothing)
             g = torch.autograd.grad(loss, x)[0] if grad else None
         return loss, g
-
-    def loss(self, problem):
-        return output(problem, from_torch(self._run(problem, grad=False)[0]))
-
-    def grad(self, problem):
-        return self.loss_and_grad(problem)[1]
-
-    def loss_and_grad(self, problem):
-        loss, g = self._run(problem, grad=True)
-        return output(problem, from_torch(loss)), output(problem, rows_back(problem, from_torch(g)))
