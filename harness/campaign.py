@@ -99,7 +99,13 @@ def out_dir(req: Request) -> Path:
         if not runs:
             raise CampaignError("--resume: no earlier run under reports/; pass --out DIR")
         return runs[-1]
-    stamp = _timestamp()
+    return new_run_dir(base, error=CampaignError)
+
+
+def new_run_dir(base: Path, prefix: str = "", *, error: type[Exception] = CampaignError) -> Path:
+    """A new directory ``base/<prefix><UTC timestamp>``, created exclusively (two started in the
+    same second get ``...Z`` and ``...Z-2``); ``error`` (one line) when it cannot be created."""
+    stamp = prefix + _timestamp()
     for n in range(1, 1000):
         out = base / (stamp if n == 1 else f"{stamp}-{n}")
         try:
@@ -108,9 +114,9 @@ def out_dir(req: Request) -> Path:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise CampaignError(f"reports: cannot create a run directory under {base} ({exc.strerror or exc}); "
-                                "pass a writable --out DIR") from None
-    raise CampaignError(f"reports: could not create a run directory under {base}")
+            raise error(f"reports: cannot create a run directory under {base} ({exc.strerror or exc}); "
+                        "pass a writable --out DIR") from None
+    raise error(f"reports: could not create a run directory under {base}")
 
 
 def _check_numbers(req: Request, log: Callable[[str], None]) -> int | None:

@@ -570,6 +570,18 @@ def capped(ctx: Context, p_min: float | None = None, log_min: float | None = Non
     return Alternative(p.unrows(rows_h).copy(), p.unrows(rows_l).copy())
 
 
+def _loss_rows(ctx: Context, work: str):
+    """What the range hypotheses of the loss start from: the problem, its (M, C) rows and
+    targets, the kept samples and the thresholds of the ``work`` format (None for a gradient
+    or an empty problem: no claim)."""
+    p = ctx.problem
+    if ctx.quantity != "loss" or p.num_samples == 0 or p.num_classes == 0:
+        return None
+    x, t = ctx.rows()
+    fmt = p.format if work == "input" else FORMATS[work]
+    return p, x, t, ctx.kept(), _limits(fmt, x.shape[1])
+
+
 def _limits(fmt, C: int) -> tuple[float, float, float, float]:
     """(x above which exp(x) rounds to inf in ``fmt``, x below which it rounds to 0, the band of
     rounding uncertainty around them, the wider band for a sum of C terms)."""
@@ -621,14 +633,11 @@ def no_max_shift(ctx: Context, work: str = "input") -> Alternative | None:
     the sum) make no claim either. A reduced loss is inf/NaN as soon as one kept sample is.
     Loss only; the thresholds are decided from the exact logits in float64 (log-sum-exp to a
     few units of 2^-53), the values elsewhere are the reference's."""
-    p = ctx.problem
-    if ctx.quantity != "loss" or p.num_samples == 0 or p.num_classes == 0:
+    rows = _loss_rows(ctx, work)
+    if rows is None:
         return None
-    fmt = p.format if work == "input" else FORMATS[work]
-    x, t = ctx.rows()
-    M, C = x.shape
-    kept = ctx.kept()
-    t_over, t_under, band, band_sum = _limits(fmt, C)
+    p, x, t, kept, (t_over, t_under, band, band_sum) = rows
+    M = x.shape[0]
     bad, m, lse = _row_lse(x)
     with np.errstate(all="ignore"):
         over = (x > t_over + band).any(axis=1) | (lse > t_over + band_sum) | (m < t_under - band)
@@ -652,14 +661,11 @@ def log_of_softmax(ctx: Context, work: str = "input") -> Alternative | None:
     ln(min_subnormal / 2)) has an inf or NaN loss; the contract elsewhere. Within the rounding
     band of that threshold no claim. Loss only; log p_j = x_j − lse(x) from the exact logits in
     float64, the values elsewhere are the reference's."""
-    p = ctx.problem
-    if ctx.quantity != "loss" or p.num_samples == 0 or p.num_classes == 0:
+    rows = _loss_rows(ctx, work)
+    if rows is None:
         return None
-    fmt = p.format if work == "input" else FORMATS[work]
-    x, t = ctx.rows()
-    M, C = x.shape
-    kept = ctx.kept()
-    _, t_under, band, _ = _limits(fmt, C)
+    p, x, t, kept, (_, t_under, band, _) = rows
+    M = x.shape[0]
     bad, _, lse = _row_lse(x)
     with np.errstate(all="ignore"):
         logp = np.where(np.isneginf(x), -np.inf, x - lse[:, None])

@@ -676,18 +676,7 @@ def _out_dir(req: Request) -> Path:
         except OSError as exc:
             raise FuzzError(f"--out: cannot create {out} ({exc.strerror or exc})") from None
         return out
-    stamp = campaign._timestamp()
-    for n in range(1, 1000):
-        out = Path(req.reports) / (f"fuzz-{stamp}" if n == 1 else f"fuzz-{stamp}-{n}")
-        try:
-            out.mkdir(parents=True, exist_ok=False)
-            return out
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise FuzzError(f"--out: cannot create a directory under {req.reports} ({exc.strerror or exc}); "
-                            "pass a writable --out DIR") from None
-    raise FuzzError(f"--out: could not create a directory under {req.reports}")
+    return campaign.new_run_dir(Path(req.reports), "fuzz-", error=FuzzError)
 
 
 def _check(req: Request) -> None:
