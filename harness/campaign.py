@@ -49,11 +49,16 @@ class Request:
     resume: bool = False
     force: bool = False
     workers: int | None = None
+    #: None: this machine (the default); "local[:N]" or "tcp://HOST:8786": a Dask cluster, or an
+    #: executor a script opened (harness.executor, docs/dask.md)
+    scheduler: object = None
     budgets: str | None = None
     known: str | None = None
     isolate: bool | None = None
     timeout: float = 60.0
     gate: bool = False
+    #: The contract profile cells are judged by (harness.contracts, docs/contracts.md).
+    contract: str = "pytorch"
     argv: list[str] | None = None
     reports: Path = Path("reports")
 
@@ -141,15 +146,16 @@ def _check_numbers(req: Request, log: Callable[[str], None]) -> int | None:
 
 #: What a resumed run must repeat: the request field and the option that sets it.
 _RESUMED_FIELDS = {"kinds": "the command", "impls": "--impl", "dtypes": "--dtype", "scenarios": "--scenario",
-                   "quick": "--quick", "include_large": "--include-large", "full": "--full"}
+                   "quick": "--quick", "include_large": "--include-large", "full": "--full",
+                  "contract": "--contract"}
 #: What a run recorded before a field existed stands for (such a run did not ask for it).
-_UNRECORDED = {"full": False}
+_UNRECORDED = {"full": False, "contract": "pytorch"}
 
 
 def _asked(req: Request, dtypes: list[str]) -> dict:
     return {"kinds": list(req.kinds), "impls": list(req.impls), "dtypes": list(dtypes),
             "scenarios": list(req.scenarios) if req.scenarios else None, "quick": bool(req.quick),
-            "include_large": bool(req.include_large), "full": bool(req.full)}
+            "include_large": bool(req.include_large), "full": bool(req.full), "contract": req.contract}
 
 
 def _same_request(before: dict | None, now: dict, out: Path) -> None:
@@ -180,6 +186,7 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     from harness.formats import DTYPE_NAMES
 
     workers = _check_numbers(req, log)
+    _check_contract(req)
     dtypes = list(req.dtypes or DTYPE_NAMES)
     for d in dtypes:
         if d not in DTYPE_NAMES:
@@ -198,6 +205,7 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     for e in unloadable:  # named, but its import failed in its child: a failing result
         log(f"error {e.name}: {e.error}")
     loaded = [e for e in chosen if e.impl is not None]
+    _check_declared(loaded)
     sweep_kinds = tuple(k for k in req.kinds if k in sweeps.KINDS)
     try:
         budget_table, budget_source = budgets_mod.load(req.budgets)
@@ -219,6 +227,7 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
         raise CampaignError("nothing to judge: " + ", ".join(f for f in filters if f)
                             + " select no scenario in any dtype; widen them (see `xent-harness list --scenarios`)")
 
+    _open_executor(req, log, check=True)  # a bad --scheduler fails before a run directory exists
     out = out_dir(req)
     argv = list(sys.argv[1:]) if req.argv is None else list(req.argv)
     asked = _asked(req, dtypes)
@@ -231,6 +240,9 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
         raise CampaignError(str(exc)) from None
     if req.resume:
         _same_request(res.data["run"].get("request"), asked, out)
+    executor = _open_executor(req, log)
+    if executor.distributed:
+        res.data["run"]["executor"] = executor.describe()
     res.data["provenance"] = results.provenance(gpu=_gpu_info(chosen), threads=registry.default_threads())
     res.data["budgets"], res.data["budgets_source"] = budget_table, budget_source
     res.data["scenarios"] = [scenarios.describe(s) for s in picked]
@@ -238,9 +250,10 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     try:
         if sweep_kinds and picked and loaded:
             plan = sweeps.Plan(loaded, picked, dtypes, budget_table, kinds=sweep_kinds, workers=workers,
-                               isolate=req.isolate, timeout=req.timeout)
+                               isolate=req.isolate, timeout=req.timeout, executor=executor, contract=req.contract)
             log(f"{'/'.join(sweep_kinds)}: {len(loaded)} implementations x {len(picked)} scenarios x {len(dtypes)} dtypes")
             sweeps.run(plan, res, log=log, progress=progress)
+        executor.close()  # before the throughput rows: they are timed here, never on a busy worker
         t_sweeps = time.monotonic() - t0
         if "throughput" in req.kinds and loaded:
             timed = list(req.dtypes) if req.dtypes else list(throughput.DEFAULT_DTYPES)
@@ -251,6 +264,8 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
         res.close()
         log(f"interrupted: finished cells are saved; continue with --resume --out {out}")
         return Outcome(out, res, interrupted=True)
+    finally:
+        executor.close()
     mark_known(res.cells, known)
     if sweep_kinds and loaded:  # say what went wrong in the failing cells, and write their reproducers
         from harness import diagnosis
@@ -268,6 +283,39 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     if not req.out:
         update_latest(out, log)
     return Outcome(out, res)
+
+
+def _open_executor(req: Request, log: Callable[[str], None], *, check: bool = False):
+    """The executor of ``--scheduler`` (harness.executor); ``check``: only whether it can be."""
+    from harness import executor
+
+    try:
+        if check:
+            return executor.check(req.scheduler)
+        return executor.open_executor(req.scheduler, log=log)
+    except executor.ExecutorError as exc:
+        raise CampaignError(str(exc)) from None
+
+
+def _check_contract(req: Request) -> None:
+    """--contract names a profile of harness/contracts.toml."""
+    from harness import contracts
+
+    try:
+        contracts.get(req.contract)
+    except contracts.ContractError as exc:
+        raise CampaignError(f"--contract: {exc}") from None
+
+
+def _check_declared(entries) -> None:
+    """Every implementation declares a contract that exists (its ``contract`` attribute)."""
+    from harness import contracts
+
+    for e in entries:
+        try:
+            contracts.get(contracts.of(e.impl))
+        except contracts.ContractError as exc:
+            raise CampaignError(f"{e.name}: contract: {exc}; fix its `contract = ...` attribute") from None
 
 
 def update_latest(out: Path, log: Callable[[str], None] = print) -> None:

@@ -126,6 +126,13 @@ def _sweep_args(p: argparse.ArgumentParser, *, timing: bool = True) -> None:
                    help="run implementations in subprocesses (default: only --impl plugins)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-call timeout in seconds for isolated calls (default 60)")
     p.add_argument("--include-large", action="store_true", help="also the 'large' scenarios (C up to 262,144) in accuracy sweeps")
+    p.add_argument("--scheduler", metavar="local[:N]|tcp://HOST:8786",
+                   help="run the references and cells on Dask: a LocalCluster of N worker processes (default 2) "
+                        "or a running scheduler (docs/dask.md; needs the 'dask' extra)")
+    p.add_argument("--contract", default="pytorch", metavar="NAME",
+                   help="the contract profile the cells are judged by: pytorch (default), optax, scipy, tensorflow, "
+                        "keras (docs/contracts.md); a cell that fails it but passes its implementation's own "
+                        "profile is a convention difference")
 
 
 def _progress_factory(args):
@@ -146,7 +153,8 @@ def _execute(args, kinds: tuple[str, ...], *, gate: bool) -> int:
     req = campaign.Request(kinds=kinds, impls=args.impl, dtypes=args.dtype, scenarios=args.scenario,
                            quick=args.quick, full=args.full, include_large=args.include_large, out=args.out, resume=args.resume, force=args.force,
                            workers=args.workers, budgets=args.budgets, known=args.known, isolate=args.isolate,
-                           timeout=args.timeout, gate=gate, argv=args.argv)
+                           timeout=args.timeout, gate=gate, argv=args.argv, scheduler=args.scheduler,
+                           contract=args.contract)
     try:
         done = campaign.run(req, log=log, progress=_progress_factory(args))
     except campaign.CampaignError as exc:
@@ -192,6 +200,7 @@ def _print_tables(data: dict, *, gate: bool) -> None:
         extra = f" ({r['reason']})" if r.get("reason") else ""
         canary = " [canary]" if r.get("canary") else ""
         known = f", {c['known']} known failures" if c.get("known") else ""
+        known += f", {c['convention']} convention differences ({r.get('contract')})" if c.get("convention") else ""
         timing = f", {r['throughput_errors']} throughput error" if r.get("throughput_errors") else ""
         print(f"{r['verdict'].upper():11s} {r['name']}{canary}: {c['pass']} pass, {c['fail']} fail, {c['error']} error, "
               f"{c['unsupported']} unsupported{timing}{known}{extra}")
@@ -217,6 +226,15 @@ def cmd_throughput(args) -> int:
 
 
 def cmd_check(args) -> int:
+    if getattr(args, "cases", None):  # replay saved cases (hunt, fuzz): only them, unless --scenario says more
+        import os
+        from pathlib import Path
+
+        if not (Path(args.cases) / "manifest.json").is_file():
+            raise UsageError(f"check --cases: {args.cases} has no manifest.json; name a cases directory "
+                             "(a hunt's <out>/cases or references/found)")
+        os.environ["XENT_FOUND"] = str(args.cases)
+        args.scenario = args.scenario or ["found"]
     return _execute(args, ("accuracy", "gradient", "special"), gate=True)
 
 
@@ -255,6 +273,9 @@ def _add_sweep_commands(sub) -> None:
     ):
         p = sub.add_parser(name, help=helptext, description=helptext)
         _sweep_args(p, timing=timing)
+        if name == "check":
+            p.add_argument("--cases", metavar="DIR",
+                           help="replay the saved cases of DIR (a hunt's <out>/cases, a fuzz directory) instead of the catalogue")
         p.set_defaults(func=func, argv=None)
     p = sub.add_parser("report", help="render the HTML report (and Markdown summary) of a results file")
     p.add_argument("results", help="results.json or a run directory")
@@ -262,6 +283,70 @@ def _add_sweep_commands(sub) -> None:
     p.add_argument("--baseline", help="another results file to compare against")
     p.add_argument("--markdown", metavar="FILE", help="also write the Markdown summary here")
     p.set_defaults(func=cmd_report)
+
+
+# -- hunt ------------------------------------------------------------------------------------------
+
+
+def cmd_hunt(args) -> int:
+    from harness import hunt
+
+    req = hunt.Request(impl=args.impl, dtypes=args.dtype or ["float32", "bfloat16"],
+                       quantities=[args.quantity] if args.quantity else ["loss", "grad"], seconds=args.seconds,
+                       evaluations=args.evaluations, seed=args.seed, top=args.top, out=args.out, resume=args.resume,
+                       strategies=args.strategy or list(hunt.STRATEGIES), objective=args.objective,
+                       baseline=not args.no_baseline, against=args.against, catalogue=not args.no_catalogue,
+                       budgets=args.budgets)
+    bars: list = []
+
+    def progress(pair, total):
+        if not sys.stderr.isatty():
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        bar = tqdm(total=total, unit="row", desc=f"hunt {pair}", leave=False, dynamic_ncols=True)
+        bars.append(bar)
+
+        def update(n, worst):
+            if n is None:
+                bar.close()
+                return
+            bar.update(n)
+            bar.set_postfix_str(f"worst {args.objective} {worst:.3g}")
+        return update
+
+    try:
+        hunt.run(req, progress=progress)
+    except hunt.HuntError as exc:
+        raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
+def _add_hunt_command(sub) -> None:
+    from harness.hunt import OBJECTIVES, STRATEGIES
+
+    p = sub.add_parser("hunt", help="search the input space for the rows where an implementation is least accurate",
+                       description="worst-case hunt (docs/hunt.md): strategies search the logits' space for the largest "
+                                   "error per dtype and quantity; the top rows are saved as cases `check --cases` replays")
+    p.add_argument("--impl", required=True, metavar="NAME|MODULE:ATTR|FILE.py:ATTR", help="the implementation to hunt")
+    p.add_argument("--dtype", action="append", metavar="DTYPE", help="float16, bfloat16, float32, float64 (repeatable; default float32 and bfloat16)")
+    p.add_argument("--quantity", choices=("loss", "grad"), help="hunt only this quantity (default both)")
+    p.add_argument("--seconds", type=float, default=None, help="search time, shared by the dtype x quantity pairs (default 60 unless --evaluations)")
+    p.add_argument("--evaluations", type=int, default=None, help="rows per dtype x quantity pair: a time-independent, deterministic run")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    p.add_argument("--top", type=int, default=5, help="worst rows kept and saved per pair (default 5)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default reports/hunt-<timestamp>/)")
+    p.add_argument("--resume", action="store_true", help="continue the hunt in --out (default: the newest reports/hunt-*) from its journal")
+    p.add_argument("--strategy", action="append", choices=STRATEGIES, help="strategies to use (repeatable; default all)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="ulp",
+                   help="what to maximise: ulp (default), scaled, or budget (the ratio to the budget; > 1 fails)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the same-size uniform-sampling baseline")
+    p.add_argument("--against", metavar="RESULTS", help="the fixed catalogue's worst from this results.json (default: run the quick subset)")
+    p.add_argument("--no-catalogue", action="store_true", help="no comparison with the fixed catalogue")
+    p.add_argument("--budgets", metavar="FILE", help="TOML budgets overriding the defaults and pyproject.toml")
+    p.set_defaults(func=cmd_hunt, argv=None)
 
 
 # -- fuzz ------------------------------------------------------------------------------------------
@@ -490,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="per-call timeout in seconds for isolated calls (default 60)")
     p.set_defaults(func=cmd_fuzz, argv=None)
     _add_budgets_command(sub)
+    _add_hunt_command(sub)
 
     p = sub.add_parser("repro", help="write a failing cell's reproducer (.npz + standalone .py) and diagnose it",
                        description="rebuild a failing cell's problem from its scenario, call the implementation again, "

@@ -34,6 +34,7 @@ COMMON_PARAMS = frozenset(
         "target_classes",  # "any" (default) | "inexact-16-bit" (see TARGET_CLASSES)
         "poison",  # a value (inf, nan, "max", ...) put at one non-target logit of some rows ...
         "poison_rows",  # ... of every "kept" row or of every "ignored" row
+        "memory",  # the layout the implementation receives: see harness.memory_layout
     }
 )
 TARGET_MODES = ("index", "prob", "prob-raw", "prob-zeros", "prob-onehot")
@@ -474,6 +475,7 @@ def generate(kind: str, p: Mapping, seed: int, fmt: Format) -> Problem:
         ignore_index=ignore_index,
         reduction=p.get("reduction", "mean"),
         label_smoothing=float(p.get("label_smoothing", 0.0)),
+        memory=p.get("memory", "contiguous"),  # no draws: the values do not depend on it
     )
 
 

@@ -32,6 +32,12 @@ Conventions (PyTorch's):
   (negative, -0.0, NaN, -inf) as no smoothing, so those are stored as 0.0.
 * C = 0 (an empty class axis) is valid where PyTorch accepts it: probability targets, or index
   targets that are all ``ignore_index`` (in particular N = 0).
+* ``memory`` is the layout the implementation receives the arrays in (:mod:`harness.memory_layout`:
+  contiguous, transposed-class, strided, row-offset). The arrays are stored C-ordered whatever
+  it is; :meth:`Problem.presented` is the problem with its arrays as views in that layout (what
+  :mod:`harness.runner` hands an implementation, in this process or in an isolated child).
+  The values are the same, so the reference is the same: :attr:`Problem.digest` keys the values
+  (the reference cache), :attr:`Problem.identity` adds the layout (the call).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from functools import cached_property
 import numpy as np
 
 from harness.formats import DTYPE_NAMES, Format, format_of
+from harness.memory_layout import MEMORY_LAYOUTS, lay_out
 
 REDUCTIONS = ("mean", "sum", "none")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -141,6 +148,7 @@ class Problem:
     ignore_index: int = -100
     reduction: str = "mean"
     label_smoothing: float = 0.0
+    memory: str = "contiguous"
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -166,6 +174,15 @@ class Problem:
             )
         set_(self, "ignore_index", ignore_index)
         set_(self, "label_smoothing", _label_smoothing(self.label_smoothing))
+        if self.memory not in MEMORY_LAYOUTS:
+            raise ProblemError(
+                f"memory: unknown layout {self.memory!r}; use one of {', '.join(MEMORY_LAYOUTS)}"
+            )
+        if self.memory == "transposed-class" and logits.ndim == 1:
+            raise ProblemError(
+                "memory: an unbatched (C,) input has one axis, so no transposed-class layout; "
+                "use 'contiguous', 'strided' or 'row-offset'"
+            )
 
         target = np.asarray(self.target)
         if target.dtype.kind == "b":
@@ -317,6 +334,33 @@ class Problem:
                 weight=None if self.weight is None else self.weight.astype(dt),
             )
 
+    def presented(self) -> Problem:
+        """The problem as an implementation receives it: the same values, every array a
+        read-only view in the layout ``memory`` (built afresh: a new buffer per call). Itself
+        when contiguous or already presented. Pickled, it travels as its C-ordered arrays and
+        the receiver rebuilds the same view (same strides, same offset); a pickled NumPy view
+        would have arrived C-ordered."""
+        if self.memory == "contiguous" or "_canonical" in self.__dict__:
+            return self
+        view = object.__new__(Problem)
+        view.__dict__.update(self.__dict__)  # the fields (validated) and a cached digest
+        ax = self.class_axis
+        view.__dict__["logits"] = lay_out(self.logits, self.memory, ax)
+        view.__dict__["target"] = lay_out(self.target, self.memory, ax if self.probability_target else None)
+        if self.weight is not None:
+            view.__dict__["weight"] = lay_out(self.weight, self.memory, None)
+        view.__dict__["_canonical"] = self
+        return view
+
+    def canonical(self) -> Problem:
+        """The problem with C-ordered arrays (itself unless presented)."""
+        return self.__dict__.get("_canonical", self)
+
+    def __reduce_ex__(self, protocol):
+        if "_canonical" in self.__dict__:
+            return (_presented, (self.__dict__["_canonical"],))
+        return super().__reduce_ex__(protocol)
+
     def kwargs(self) -> dict:
         """Keyword arguments in ``torch.nn.functional.cross_entropy`` form (NumPy arrays)."""
         return {
@@ -345,10 +389,24 @@ class Problem:
         h.update(f"{self.ignore_index};{self.reduction};{self.label_smoothing!r}".encode())
         return h.hexdigest()
 
+    @property
+    def identity(self) -> str:
+        """The call an implementation gets: :attr:`digest` (the values), plus the memory layout
+        when it is not contiguous. A strided problem and its contiguous twin share a reference
+        (one cache entry) but are different calls; nothing caches implementation outputs by
+        digest today, and anything that does must key on this."""
+        return self.digest if self.memory == "contiguous" else f"{self.digest}:{self.memory}"
+
     def __repr__(self) -> str:
         kind = "probabilities" if self.probability_target else f"{self.target.dtype.name} indices"
         return (
             f"Problem(logits={self.logits.dtype.name}{list(self.logits.shape)}, target={kind}, "
             f"weight={'yes' if self.weight is not None else 'None'}, ignore_index={self.ignore_index}, "
-            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing})"
+            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"
+            + ("" if self.memory == "contiguous" else f", memory={self.memory!r}") + ")"
         )
+
+
+def _presented(problem: Problem) -> Problem:
+    """Unpickling a presented problem: its C-ordered twin arrived; lay it out again."""
+    return problem.presented()

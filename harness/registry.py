@@ -69,6 +69,9 @@ class Implementation:
     opt_in: bool = False
     #: Where it came from: "builtin", "entry point NAME" or the --impl spec.
     origin: str = "builtin"
+    #: The contract profile it follows (harness/contracts.toml, docs/contracts.md): a cell that
+    #: fails the run's contract but passes this one is a convention difference, not a defect.
+    contract: str = "pytorch"
 
     @property
     def device(self) -> str:
@@ -145,6 +148,7 @@ class Implementation:
             "grad": self.has_grad,
             "canary": self.canary,
             "opt_in": self.opt_in,
+            "contract": self.contract,
         }
 
     def __repr__(self) -> str:
@@ -248,6 +252,7 @@ class Declared(Implementation):
         self.features = frozenset(described["features"])
         self.canary = bool(described["canary"])
         self.opt_in = bool(described.get("opt_in", False))
+        self.contract = str(described.get("contract", "pytorch"))
         self._grad = bool(described["grad"])
         self._fused = bool(described["fused"])
         self._available = described["available"]

@@ -107,6 +107,10 @@ def _invoke(impl: registry.Implementation, op: str, arg):
         from harness import throughput
 
         return throughput.call_memory(impl, *arg)
+    if isinstance(arg, Problem):
+        # the arrays in the problem's memory layout (strided, transposed, offset views), built
+        # here, so an isolated child gets the same strides: a pickled view arrives C-ordered
+        arg = arg.presented()
     if op == "loss_and_grad":
         loss, grad = impl.loss_and_grad(arg)
         return np.asarray(loss), np.asarray(grad)

@@ -54,6 +54,7 @@ from harness.generators import (
     generate,
     resolve_ignore_index,
 )
+from harness.memory_layout import MEMORY_LAYOUTS
 from harness.problem import REDUCTIONS, Problem
 
 TOML_RESOURCE = "scenarios.toml"
@@ -162,6 +163,8 @@ def _check_params(kind: str, params: Mapping, where: str) -> None:
                          ("poison_rows", POISON_ROWS)):
         if key in params and params[key] not in allowed:
             raise ValueError(f"{where}: {key} must be one of {', '.join(allowed)}")
+    if "memory" in params and params["memory"] not in MEMORY_LAYOUTS:
+        raise ValueError(f"{where}: memory must be one of {', '.join(MEMORY_LAYOUTS)}")
     if ("poison" in params) != ("poison_rows" in params):
         raise ValueError(f"{where}: poison and poison_rows go together (a value and which rows get it)")
     try:
@@ -361,6 +364,7 @@ def options(s: Scenario) -> dict:
         "weight": p.get("weight"),
         "target": p.get("target", "index"),
         "target_dtype": p.get("target_dtype", "int64"),
+        "memory": p.get("memory", "contiguous"),
     }
 
 

@@ -44,6 +44,12 @@ class Plan:
     isolate: bool | None = None  # None: isolate plugins only (runner.isolated)
     timeout: float = 60.0
     cache: ReferenceCache = field(default_factory=ReferenceCache)
+    #: A distributed executor (harness.executor, ``--scheduler``): its workers take the small
+    #: problems' references and cells; None: this process, as always.
+    executor: object = None
+    #: The contract profile every cell is judged by (``--contract``, harness.contracts); a cell
+    #: that fails it but passes its implementation's own profile is a convention difference.
+    contract: str = "pytorch"
 
 
 def _pairs(plan: Plan):
@@ -106,7 +112,10 @@ def run(plan: Plan, results: Results, *, log: Callable[[str], None] = print, pro
     bar = progress(total) if progress else None
     try:
         if small:
-            _run_small(plan, results, small, wanted, log, bar)
+            if getattr(plan.executor, "distributed", False):  # --scheduler: the same cells on Dask
+                plan.executor.run_small(plan, results, small, wanted, log, bar)
+            else:
+                _run_small(plan, results, small, wanted, log, bar)
         if large:
             _run_large(plan, results, large, wanted, log, bar)
         plan.cache.report(log)
@@ -213,6 +222,9 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
     if computed is None:
         return
     need, reason, outputs, errors, timings, *printed = computed
+    from harness import contracts
+
+    run_exact = contracts.expected(problem, exact, plan.contract)[0]  # `exact` itself for pytorch
     impl = entry.impl
     name = entry.name
     printed = printed[0] if printed else None
@@ -225,7 +237,7 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
 
     if reason:
         for k in need:
-            if k != "special" or _has_special(exact):
+            if k != "special" or _has_special(run_exact):
                 results.add_cell(_cell(k, name, d, s.name, "unsupported", reason))
             else:
                 results.mark_not_applicable((k, name, d, s.name))
@@ -236,7 +248,7 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
             results.add_cell(_cell(k, name, d, s.name, "unsupported", f"{name} provides no gradient"))
             continue
         if k == "special":
-            if not _has_special(exact):  # no inf/NaN in the contract: no cell, and resume knows
+            if not _has_special(run_exact):  # no inf/NaN in the contract: no cell, and resume knows
                 results.mark_not_applicable((k, name, d, s.name))
                 continue
             failed = _failed(errors, ("loss", "grad"))
@@ -247,10 +259,11 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
             if isinstance(errors.get("loss"), _NotSupported):
                 results.add_cell(_cell(k, name, d, s.name, "unsupported", str(errors["loss"])))
                 continue
-            judged = verdicts.judge_special(problem, outputs, exact)  # without a declined grad
+            judged = contracts.judge(k, problem, outputs, exact, plan.budgets, run=plan.contract,
+                                     own=contracts.of(impl))  # without a declined grad
             if judged is not None:
-                status, message, metrics = judged
-                results.add_cell(_cell(k, name, d, s.name, status, message, metrics))
+                status, message, metrics, record = judged
+                results.add_cell(_cell(k, name, d, s.name, status, message, metrics) | record)
             continue
         if isinstance(errors.get(op), _NotSupported):
             results.add_cell(_cell(k, name, d, s.name, "unsupported", str(errors[op])))
@@ -259,10 +272,10 @@ def _record(plan, results, entry, s, d, problem, exact, computed):
             results.add_cell(_cell(k, name, d, s.name, "error", str(errors[op]), seconds=timings.get(op),
                                    detail=errors[op].detail))
             continue
-        hi, lo = exact.pair(op)
         budget = vocabulary.budget_of(plan.budgets, d, vocabulary.quantity(k))
-        status, message, metrics = verdicts.judge(problem, op, outputs[op], hi, lo, plan.budgets[d])
-        results.add_cell(_cell(k, name, d, s.name, status, message, metrics, budget, timings.get(op)))
+        status, message, metrics, record = contracts.judge(k, problem, outputs, exact, plan.budgets,
+                                                           run=plan.contract, own=contracts.of(impl))
+        results.add_cell(_cell(k, name, d, s.name, status, message, metrics, budget, timings.get(op)) | record)
 
 
 # -- large problems: blockwise ---------------------------------------------------------------------
@@ -280,7 +293,10 @@ class _LargeReference:
     def loss(self):
         if self.exact is None:
             t0 = time.monotonic()
-            self.exact = self.plan.cache.loss(self.problem, workers=self.plan.workers)
+            if getattr(self.plan.executor, "distributed", False):  # --scheduler: row blocks on the cluster
+                self.exact = self.plan.executor.large_loss(self.problem, self.plan.cache)
+            else:
+                self.exact = self.plan.cache.loss(self.problem, workers=self.plan.workers)
             self.log(f"reference: {self.name} loss (blockwise, {self.problem.logits.size:,} logits) "
                      f"in {time.monotonic() - t0:.1f} s")
         return self.exact

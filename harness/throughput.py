@@ -114,7 +114,7 @@ def _status(key: str) -> int:
 def time_call(impl: registry.Implementation, problem: Problem, pass_: str, repeats: int) -> dict:
     """Prepare (untimed) and time one pass; a device implementation also reports its own peak
     device memory. Runs where the implementation runs: here, or in its isolated child."""
-    fn = impl.prepare(problem, backward=pass_ == "forward+backward")
+    fn = impl.prepare(problem.presented(), backward=pass_ == "forward+backward")
     t = measure(fn, repeats=repeats)
     mem = None if impl.device == "cpu" else impl.peak_memory(fn)
     return {"repeats": t.repeats, "calls": t.calls, "median_s": t.median_s, "iqr_s": t.iqr_s,
@@ -123,7 +123,7 @@ def time_call(impl: registry.Implementation, problem: Problem, pass_: str, repea
 
 def call_memory(impl: registry.Implementation, problem: Problem, pass_: str) -> int | None:
     """The peak working memory of one call beyond its inputs (run in the memory child)."""
-    fn = impl.prepare(problem, backward=pass_ == "forward+backward")
+    fn = impl.prepare(problem.presented(), backward=pass_ == "forward+backward")
     return peak_memory(fn)
 
 

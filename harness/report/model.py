@@ -12,7 +12,8 @@ from pathlib import Path
 from harness import vocabulary
 from harness.report.fmt import _dtype_key, _num, cell_id, throughput_id
 
-STATUSES = vocabulary.STATUSES[:4]
+#: ... and "convention": a convention difference (harness.contracts), not a defect.
+STATUSES = (*vocabulary.STATUSES[:4], "convention")
 #: Per-implementation counts: a failing or erroring cell that matches a known failure
 #: (``[[tool.xent-harness.known-failures]]``) is counted as "known", not as "fail" / "error".
 COUNT_KEYS = vocabulary.STATUSES
@@ -113,6 +114,9 @@ class _Run:
             "seconds": _num(c.get("seconds")),
             "detail": None if not c.get("detail") else str(c.get("detail")),
             "diagnosis": _diagnosis(c.get("diagnosis")),
+            # the contract profile it was judged by; for a convention difference, whose (contracts)
+            "contract": str(c.get("contract") or "pytorch"),
+            "convention": dict(c["convention"]) if isinstance(c.get("convention"), Mapping) else None,
         }
         if c.get("known") and out["status"] in ("fail", "error"):
             out["known"] = str(c["known"]) if c["known"] is not True else "known failure"

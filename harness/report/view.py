@@ -35,6 +35,7 @@ SYMBOL = {
     "error": "!",
     "known": "✗ₖ",
     "unsupported": "–",
+    "convention": "≈",
     "unavailable": "⊘",
     "skipped": "○",
     "none": "",
@@ -45,6 +46,7 @@ STATUS_WORD = {
     "error": "error",
     "known": "known failure",
     "unsupported": "not supported",
+    "convention": "convention difference",
     "unavailable": "unavailable",
     "skipped": "skipped",
     "none": "no cells",
@@ -60,7 +62,7 @@ def _family_status(cells: list[dict]) -> str:
     if not cells:
         return "none"
     st = {_state(c) for c in cells}
-    for s in ("fail", "error", "known", "pass"):
+    for s in ("fail", "error", "known", "convention", "pass"):
         if s in st:
             return s
     return "unsupported"
@@ -69,7 +71,7 @@ def _family_status(cells: list[dict]) -> str:
 def _cell_title(cells: list[dict]) -> str:
     cnt = Counter(_state(c) for c in cells)
     parts = [f"{cnt[s]} {STATUS_WORD[s]}{'s' if s == 'known' and cnt[s] > 1 else ''}"
-             for s in ("pass", "fail", "error", "known", "unsupported") if cnt[s]]
+             for s in ("pass", "fail", "error", "known", "convention", "unsupported") if cnt[s]]
     text = ", ".join(parts) if parts else "no cells"
     reasons = sorted({c["known"] for c in cells if c["known"]})
     if reasons:
@@ -84,6 +86,21 @@ def _known_note(i: dict, cells: list[dict]) -> str:
     reasons = sorted({c["known"] for c in cells if c["impl"] == i["name"] and c["known"]})
     head = f"{n} known failure{'s' if n != 1 else ''} (not gating)"
     return head + (": " + "; ".join(_clip(r, 140) for r in reasons) if reasons else "")
+
+
+def _contract_notes(i: dict, cells: list[dict]) -> list[str]:
+    """The contract an implementation was judged by and declares (harness.contracts), and its
+    convention differences (cells failing the run's contract, passing its own profile)."""
+    mine = [c for c in cells if c["impl"] == i["name"]]
+    judged = sorted({c["contract"] for c in mine}) or ["pytorch"]
+    own = str(i.get("contract") or "pytorch")
+    notes = [f"contract: {', '.join(judged)}" + (f" (declares {own})" if own not in judged else "")]
+    conv = [c for c in mine if c["status"] == "convention"]
+    if conv:
+        diffs = sorted({d for c in conv for d in (c["convention"] or {}).get("differences", [])})
+        notes.append(f"{len(conv)} convention difference{'s' if len(conv) != 1 else ''} "
+                     f"({own}: {', '.join(diffs)}; not defects, not gating)")
+    return notes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,6 +127,7 @@ def _impl_rows(run: _Run) -> list[dict]:
         elif v == "fail":
             notes.append("failed budgets (see findings)")
         known_note = _known_note(i, run.cells)
+        notes += _contract_notes(i, run.cells)
         c = i["counts"]
         impl_rows.append({
             "name": i["name"], "id": f"impl-{_slug(i['name'])}", "verdict": v,
@@ -325,7 +343,7 @@ def _details_data(run: _Run, dtypes: list[str]) -> dict:
         rows.append(row)
     # worst first: failures, errors, known failures, passes above the ULP budget, passes,
     # not supported
-    order = ("fail", "error", "fail (known)", "error (known)", "pass (scaled)", "pass",
+    order = ("fail", "error", "fail (known)", "error (known)", "convention", "pass (scaled)", "pass",
              "unsupported")
     severity = {statuses.index(name): k for k, name in enumerate(order)}
     rows.sort(key=lambda r: (severity[r[4]], -_log(_num(r[5])) if r[5] is not None else 0.0))
@@ -518,7 +536,7 @@ def _view(run: _Run, baseline: _Run | None, plots: dict[str, str]) -> dict:
         "sections": sections,
         "legend": [(s, SYMBOL[s], STATUS_WORD[s] + (" (documented, not gating)" if s == "known"
                                                    else "")) for s in
-                   ("pass", "fail", "error", "known", "unsupported", "none")],
+                   ("pass", "fail", "error", "known", "convention", "unsupported", "none")],
         "throughput_measured": "throughput" in (run.run.get("kinds") or ["throughput"]),
         "kinds_text": ", ".join(map(str, run.run.get("kinds") or [])),
     }

@@ -163,6 +163,9 @@ class DeviceRun:
         p, xp = self.problem, self.xp
 
         def up(a: np.ndarray):
+            # the kernels index C-ordered rows: a strided, transposed or offset view
+            # (harness/memory_layout.py) is made contiguous here, on the host, explicitly;
+            # cupy.asarray alone would keep a Fortran-ordered (N, C) array Fortran-ordered
             return xp.asarray(np.ascontiguousarray(a).view(self.store))
 
         prob = p.probability_target

@@ -191,12 +191,25 @@ def reduce(plan: Plan, st: RunState) -> np.ndarray:
             if eps > 0:
                 out = (1.0 - eps) * row.loss_target + (eps / C) * row.loss_smoothing
         else:
-            total = row.loss_target.sum()
-            total_sm = row.loss_smoothing.sum() if eps > 0 else 0.0
+            # Finite losses near the float64 maximum with weights of both signs: +inf and -inf
+            # partial sums where the exact sum is finite. Then the sums are taken scaled by
+            # 2^-64 (exact) and scaled back at the end (inf only if the result itself is).
+            k = 0
+            with np.errstate(over="ignore", invalid="ignore"):
+                total = row.loss_target.sum()
+                total_sm = row.loss_smoothing.sum() if eps > 0 else 0.0
+            if not (np.isfinite(total) and np.isfinite(total_sm)) and np.isfinite(row.loss_target).all() \
+                    and (eps == 0 or np.isfinite(row.loss_smoothing).all()):
+                k = 64
+                total = np.ldexp(row.loss_target, -k).sum()
+                total_sm = np.ldexp(row.loss_smoothing, -k).sum() if eps > 0 else 0.0
             if red == "mean":
                 total = total / st.coef.weight_total
                 total_sm = total_sm / st.coef.weight_total
             out = (1.0 - eps) * total + (eps / C) * total_sm if eps > 0 else total
+            if k:
+                with np.errstate(over="ignore"):
+                    out = np.ldexp(out, k)
     out = np.asarray(out, dtype=F64).reshape(plan.problem.output_shape)
     return round_to(out, plan.input_dtype)
 
