@@ -426,6 +426,7 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
     from harness import blockwise
 
     name, impl = it.entry.name, it.entry.impl
+    judged_by = {"contract": "pytorch"}  # large problems are judged by PyTorch's contract only (docs/contracts.md)
 
     def has_special() -> bool:
         ref.loss()
@@ -461,7 +462,7 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
             judged = blockwise.judge_special(problem, it.outputs, exact.loss_hi, exact.loss_lo, it.judge)
             if judged is not None:
                 status, message, metrics = judged
-                results.add_cell(_cell(k, name, d, s.name, status, message, metrics))
+                results.add_cell(_cell(k, name, d, s.name, status, message, metrics) | judged_by)
             continue
         if isinstance(it.errors.get(op), _NotSupported):
             results.add_cell(_cell(k, name, d, s.name, "unsupported", str(it.errors[op])))
@@ -477,7 +478,7 @@ def _large_cells(plan, results, it: _Item, s, d, problem, ref: _LargeReference) 
                                                             exact.loss_lo, plan.budgets[d])
         else:
             status, message, metrics = it.judge.result()
-        results.add_cell(_cell(k, name, d, s.name, status, message, metrics, budget, it.timings.get(op)))
+        results.add_cell(_cell(k, name, d, s.name, status, message, metrics, budget, it.timings.get(op)) | judged_by)
 
 
 def _has_special(exact) -> bool:

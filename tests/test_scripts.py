@@ -16,6 +16,8 @@ SMOKE = {
     "benchmarks/bench_numpy_vs_torch.py": ["--rounds", "1"],
     "benchmarks/llm_memory.py": ["--rows", "64", "--cols", "4096"],
     "benchmarks/fastpath_kernels.py": ["--rows", "64", "--cols", "4096", "--repeat", "1"],
+    "benchmarks/hunt_vs_random.py": ["--smoke"],  # ~1 min
+    "benchmarks/dask_scaling.py": ["--smoke"],  # ~35 s; needs the dask extra (in `all`)
 }
 
 
