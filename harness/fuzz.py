@@ -44,6 +44,8 @@ What the strategy draws (each choice shrinks towards the simplest):
   mask (a half, nine tenths or all of the non-target logits, or the target too), and up to
   four single values (±inf, NaN, ±max, ±tiny, ±subnormals, ±log(max), ±0, any float, any raw
   bit pattern);
+* memory layout: contiguous, transposed class axis, strided or row-offset views
+  (:mod:`harness.memory_layout`; an unbatched input is never transposed);
 * targets: class indices (int64, or uint8 where ``Problem`` and PyTorch take them and they fit)
   or, where allowed, probabilities (normalised, unnormalised, all zero, one-hot);
 * ignore_index: −100 unused or used, −1, inside [0, C), ≥ C (each sample ignored or not), or
@@ -75,6 +77,7 @@ import numpy as np
 from harness import golden, vocabulary
 from harness import problem as problem_module
 from harness.formats import DTYPE_NAMES, FORMATS, Format
+from harness.memory_layout import MEMORY_LAYOUTS
 from harness.problem import REDUCTIONS, Problem
 from harness.scenarios import Scenario
 
@@ -112,8 +115,9 @@ def found_dir() -> Path:
 
 
 def case_name(problem: Problem) -> str:
-    """A saved case's name: stable, from the problem's digest (dtype, shape, bytes, options)."""
-    return f"{FAMILY}-{problem.digest[:12]}"
+    """A saved case's name: stable, from the problem's digest (dtype, shape, bytes, options) and
+    its memory layout (the same values in another layout are another case)."""
+    return f"{FAMILY}-{problem.digest[:12]}" + ("" if problem.memory == "contiguous" else f"-{problem.memory}")
 
 
 # -- the strategy ----------------------------------------------------------------------------------
@@ -237,7 +241,7 @@ def problems(dtypes: Iterable | None = None, features: Iterable[str] | None = No
                         prob_ignore=st.sampled_from((-100, -1)), ignore=st.sampled_from(ignore_modes),
                         beyond=st.integers(0, 3), weight=st.sampled_from(weight_modes), share=st.sampled_from((0.25, 1.0)),
                         reduction=st.sampled_from(reductions), eps=st.floats(0.0, 1.0),
-                        index_dtype=st.sampled_from(("int64", "uint8")))
+                        index_dtype=st.sampled_from(("int64", "uint8")), memory=st.sampled_from(MEMORY_LAYOUTS))
 
     @st.composite
     def draw_problem(draw) -> Problem:
@@ -337,8 +341,13 @@ def problems(dtypes: Iterable | None = None, features: Iterable[str] | None = No
             # Byte class indices, where they can hold every target and PyTorch takes them
             if ((t >= 0) & (t <= 255)).all() and _uint8_refused(len(shape), weight is not None, reduction, eps) is None:
                 target = t.astype(np.uint8)
+        # the layout the implementation receives the arrays in (contiguous first: it shrinks there);
+        # one axis has no transposed class axis
+        memory = draw(S.memory)
+        if memory == "transposed-class" and len(shape) == 1:
+            memory = "contiguous"
         return Problem(logits=_layout(x, shape), target=_layout(np.asarray(target), shape), weight=weight,
-                       ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)
+                       ignore_index=ignore_index, reduction=reduction, label_smoothing=eps, memory=memory)
 
     return draw_problem()
 
@@ -347,6 +356,7 @@ def traits(problem: Problem) -> set[str]:
     """What a problem exercises, read off the problem itself (the run's coverage figures)."""
     C = problem.num_classes
     out = {problem.dtype.name, "unbatched" if problem.logits.ndim == 1 else ("kdim" if problem.kdim else "2-D"),
+           f"memory:{problem.memory}",
            f"reduction:{problem.reduction}", "C>300" if C > MAX_CLASSES else "C=1" if C == 1 else "C<=300"}
     x = problem.logits.astype(np.float64)
     fmt = problem.format
@@ -499,7 +509,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _options(problem: Problem) -> dict:
     return {"reduction": problem.reduction, "ignore_index": problem.ignore_index,
             "label_smoothing": problem.label_smoothing, "weight": None if problem.weight is None else "given",
-            "target": "prob" if problem.probability_target else "index",
+            "target": "prob" if problem.probability_target else "index", "memory": problem.memory,
             **({} if problem.probability_target else {"target_dtype": problem.target.dtype.name})}
 
 

@@ -109,7 +109,9 @@ def _encode(problem: Problem) -> dict:
         "logits": bits,
         "target": problem.target.view(np.uint16) if problem.dtype.name == "bfloat16" and problem.probability_target else problem.target,
         "options": np.array(json.dumps({"ignore_index": problem.ignore_index, "reduction": problem.reduction,
-                                        "label_smoothing": problem.label_smoothing})),
+                                        "label_smoothing": problem.label_smoothing,
+                                        # the layout only where it is not the default, so older files read as before
+                                        **({} if problem.memory == "contiguous" else {"memory": problem.memory})})),
     }
     if problem.weight is not None:
         out["weight"] = problem.weight.view(np.uint16) if problem.dtype.name == "bfloat16" else problem.weight

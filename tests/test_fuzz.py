@@ -52,7 +52,8 @@ def test_the_strategies_cover_the_whole_contract():
               "target:int64", "target:prob:normalised", "target:prob:unnormalised", "target:prob:zeros",
               "target:prob:one-hot", "ignore:negative", "ignore:inside", "ignore:beyond", "ignore:all",
               "weight:none", "weight:positive", "weight:zeros", "weight:signed", "smoothing:0", "smoothing:0.1",
-              "smoothing:1", "smoothing:other", "reduction:mean", "reduction:sum", "reduction:none"}
+              "smoothing:1", "smoothing:other", "reduction:mean", "reduction:sum", "reduction:none",
+              "memory:contiguous", "memory:transposed-class", "memory:strided", "memory:row-offset"}
     if fuzz._UINT8_TARGETS:  # Byte class indices, where Problem takes them
         wanted.add("target:uint8")
     assert wanted <= set(seen), sorted(wanted - set(seen))
@@ -303,13 +304,35 @@ def _planted(found: list[dict]) -> list[dict]:
 def test_a_short_fuzz_finds_a_plugins_overflow_in_its_child(tmp_path):
     # log(sum(exp(x))) without the max shift: exp(x) overflows for x > 88.7
     rc, data = _fuzz(tmp_path, "--impl", f"{FAULTY}:NoMaxShift", "--seconds", "60", "--examples", "30",
-                     "--seed", "2", "--dtype", "float32")
+                     "--seed", "4", "--dtype", "float32")
     assert rc == 1 and data["implementations"][0]["origin"].endswith("faulty.py:NoMaxShift")
     found = data["findings"]
     assert all(f["impl"] == "NoMaxShift" and f["shrunk"] == "complete" and f["logits"] <= SMALL for f in found), found
     planted = _planted(found)
     assert planted and planted[0]["logits"] <= 2 and Path(planted[0]["file"]).is_file(), found
     assert "inf/NaN where the contract is finite" in planted[0]["messages"][0]
+
+
+def test_a_short_fuzz_finds_a_layout_bug_and_check_replays_its_layout(tmp_path, monkeypatch, capsys):
+    """A plugin that reads the logits with C-order strides from their data pointer is right on
+    contiguous arrays only: the fuzz must hand it views, save the layout with the case, and
+    `check --cases` must replay the case in that layout (numpy passes it)."""
+    plugin = f"{ROOT / 'tests' / 'plugins' / 'layouts.py'}:CStrides"
+    rc, data = _fuzz(tmp_path, "--impl", plugin, "--seconds", "60", "--examples", "40", "--seed", "3",
+                     "--dtype", "float64")
+    assert rc == 1, data["findings"]
+    found = data["findings"]
+    assert found and all(f["shrunk"] == "complete" for f in found), found
+    manifest = golden.load_manifest(tmp_path / "run" / "found")
+    layouts = {e["options"]["memory"] for e in manifest["cases"].values()}
+    assert layouts and "contiguous" not in layouts, layouts  # every finding is a view
+    saved = fuzz.found_scenarios(tmp_path / "run" / "found")
+    problems = [s.problem(s.dtypes[0]) for s in saved]
+    assert {p.memory for p in problems} == layouts
+    capsys.readouterr()
+    cases = str(tmp_path / "run" / "found")
+    assert cli.main(["check", "--impl", plugin, "--cases", cases, "--out", str(tmp_path / "c1")]) == 1
+    assert cli.main(["check", "--impl", "numpy", "--cases", cases, "--out", str(tmp_path / "c2")]) == 0
 
 
 @pytest.mark.slow

@@ -89,9 +89,41 @@ def finish_rows(plan: Plan, st: RunState, lo: int, hi: int) -> None:
             row.nll[lo:hi] = np.where(shifted, row.nll[lo:hi], nll) if shifted.any() else nll
             if st.backward:
                 row.target_grad[lo:hi] = -coef.softmax_coef[lo:hi] * ty / (ty + ey) + 0.0
+    if prob or plan.smoothing > 0:
+        exact_dots(plan, st, lo, hi)
     row_losses(plan, st, lo, hi)
     if st.backward and not (not prob and coef.torch_style_grad):
         set_single_entries(plan, st, lo, hi)
+
+
+def exact_dots(plan: Plan, st: RunState, lo: int, hi: int) -> None:
+    """Redo, in float64, the dot products sum_c b_c (x_c - m) that overflowed in float32.
+
+    The passes form d = x - m and its dot product in the compute dtype; for float32 (and
+    16-bit) logits spanning more than the format's max (x in +-2.5e38: x - m down to -5e38) d
+    or the sum is -inf although every term is finite, and W log1p(T) - dots turns the loss
+    into inf where the exact loss is finite (with eps = 1e-240 and the target at the max,
+    it is ~1e-202). A float64 d and sum cannot overflow here (|d| <= 2 * 3.4e38, C * |d| <<
+    1.8e308) and are at least as accurate. Only rows with a finite max are redone: a -inf
+    logit (d = -inf exactly) keeps its IEEE result, as the reference's. Rare, so unblocked."""
+    if plan.dtype == F64:  # float64 logits: float64 is already the widest format here
+        return
+    row = st.row
+    bad = ~np.isfinite(row.dots[lo:hi]) & np.isfinite(row.max[lo:hi])
+    if not bad.any():
+        return
+    idx = lo + np.nonzero(bad)[0]
+    d = plan.logits[idx].astype(F64) - row.max[idx][:, None]
+    if plan.probability_targets:
+        b = plan.targets[idx].astype(plan.dtype)  # the coefficients as kernels.target_coefficients
+        if plan.smoothing > 0:
+            b = b * plan.dtype.type(1.0 - plan.smoothing) + plan.dtype.type(plan.smoothing / plan.classes)
+        if plan.weight is not None:
+            b = b * plan.weight
+        d = d * b.astype(F64)
+    elif plan.weight is not None:
+        d = d * plan.weight.astype(F64)
+    row.dots[idx] = d.sum(axis=1)
 
 
 def _finish_uniform_rows(plan: Plan, st: RunState, lo: int, hi: int) -> bool:
