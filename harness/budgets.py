@@ -189,10 +189,11 @@ def scales(problem: Problem, quantity: str) -> np.ndarray:
     if quantity != "loss":
         raise ValueError(f"quantity must be 'loss' or 'grad', got {quantity!r}")
     mag, c, _, _, denom = _row_factors(problem)
-    per = c * (mag + math.log(max(problem.num_classes, 1)))
+    with np.errstate(over="ignore"):  # a scale past the float64 maximum is +inf: every error fits in it
+        per = c * (mag + math.log(max(problem.num_classes, 1)))
+        total = per.sum()
     if problem.reduction == "none":
         return per.reshape(problem.output_shape)
-    total = per.sum()
     return np.array(total / denom if problem.reduction == "mean" and denom else total)
 
 
