@@ -293,9 +293,9 @@ def _catalogue() -> tuple[Scenario, ...]:
 
 def catalogue() -> list[Scenario]:
     """Every scenario, in the catalogue's order, then the saved fuzz findings (family "found",
-    read from $XENT_FOUND or references/found/: see harness.fuzz) so check replays them (a
+    read from $XENT_FOUND or references/found/: see harness.found_cases) so check replays them (a
     fresh list; the scenarios are immutable)."""
-    from harness.fuzz import found_scenarios
+    from harness.found_cases import found_scenarios
 
     return list(_catalogue()) + found_scenarios()
 

@@ -1,6 +1,6 @@
 """What a hunt leaves: every top row confirmed as a sweep cell (:class:`harness.fuzz.Judge`,
 budgets and known failures in force) and saved as a golden-format case in ``<out>/cases``
-(:func:`harness.fuzz.save_case`: ``check --cases DIR`` and the pytest plugin replay it),
+(:func:`harness.found_cases.save_case`: ``check --cases DIR`` and the pytest plugin replay it),
 the fixed catalogue's worst for the same implementation, ``hunt.json`` and ``hunt.html``."""
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def pair_record(entry, dtype: str, quantity: str, res: dict, base: dict | None, 
 
 def confirm_and_save(entry, pairs: list[dict], req, out: Path, table: dict, log) -> None:
     """Judge every top row as a sweep cell and save it as a case in ``out/cases``."""
-    from harness.fuzz import Judge, case_name, save_case
+    from harness.found_cases import case_name, save_case
+    from harness.fuzz import Judge
     from harness.hunt.space import Candidate
 
     judge = Judge(entry, budgets=table)
