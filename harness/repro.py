@@ -264,7 +264,8 @@ def tolerance(problem: Problem, quantity: str, hi, lo, budgets: dict) -> np.ndar
     fin = np.isfinite(rf)
     u = np.where(fin, metrics.ulp(np.where(fin, rf, 1.0), fmt), 0.0).reshape(shape)
     unit = 2.0 ** -fmt.precision * np.asarray(scales(problem, quantity), np.float64).reshape(shape)
-    return np.where(fin, np.maximum(b["ulp"] * u, b["scaled"] * unit), 0.0)
+    with np.errstate(over="ignore"):  # an allowance past the float64 maximum is +inf: anything fits
+        return np.where(fin, np.maximum(b["ulp"] * u, b["scaled"] * unit), 0.0)
 
 
 def write(directory: Path | str, cell: dict, problem: Problem, exact, y, quantity: str, budgets: dict,
