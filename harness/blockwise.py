@@ -428,6 +428,8 @@ class GradJudge:
 
         self.problem = problem
         self.y = y
+        self.budget = budget
+        self.exact_quantiles = exact_quantiles
         allowance = Allowance(exact_quantiles)
         self.threads = max(1, threads or default_threads())
         self.parts = [Judge(problem, "grad", budget, allowance=allowance) for _ in range(self.threads)]
@@ -475,6 +477,21 @@ class GradJudge:
 
         for f in [_pool(self.threads).submit(work, t) for t in range(T)]:
             f.result()
+
+    def take(self, judges: list[Judge]) -> None:
+        """The cell from judges of this output that saw disjoint row blocks elsewhere (one per
+        Dask worker task, harness.executor), instead of :meth:`add`: merged in order, and the
+        quantiles exact only while all their kept errors together fit this judge's allowance,
+        as when one process judges every block (past it, the sketch of all of them)."""
+        if self._merged is not None:
+            raise RuntimeError("GradJudge: take() after result()")
+        j = self.parts[0]
+        for other in judges:
+            j.merge(other)
+        if j.kept is not None and j.kept_n > j.allowance.cap:
+            j.allowance.over = True
+            j._to_sketch()
+        self.parts = [j]
 
     @property
     def judge(self) -> Judge:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import registry, results, vocabulary
+from harness.executor import TaskError
 
 #: What each command runs.
 RUN = ("accuracy", "gradient", "special", "throughput")
@@ -264,6 +265,9 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
         res.close()
         log(f"interrupted: finished cells are saved; continue with --resume --out {out}")
         return Outcome(out, res, interrupted=True)
+    except TaskError as exc:  # a reference task failed on a Dask worker: one line, nothing finished lost
+        res.close()
+        raise CampaignError(f"{exc}; the finished cells are saved: continue with --resume --out {out}") from None
     finally:
         executor.close()
     mark_known(res.cells, known)

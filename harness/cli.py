@@ -296,7 +296,7 @@ def cmd_hunt(args) -> int:
                        evaluations=args.evaluations, seed=args.seed, top=args.top, out=args.out, resume=args.resume,
                        strategies=args.strategy or list(hunt.STRATEGIES), objective=args.objective,
                        baseline=not args.no_baseline, against=args.against, catalogue=not args.no_catalogue,
-                       budgets=args.budgets)
+                       budgets=args.budgets, scheduler=args.scheduler)
     bars: list = []
 
     def progress(pair, total):
@@ -346,6 +346,8 @@ def _add_hunt_command(sub) -> None:
     p.add_argument("--against", metavar="RESULTS", help="the fixed catalogue's worst from this results.json (default: run the quick subset)")
     p.add_argument("--no-catalogue", action="store_true", help="no comparison with the fixed catalogue")
     p.add_argument("--budgets", metavar="FILE", help="TOML budgets overriding the defaults and pyproject.toml")
+    p.add_argument("--scheduler", metavar="local[:N]|tcp://HOST:8786",
+                   help="search on Dask: one branch per worker, the best rows exchanged every round (docs/dask.md)")
     p.set_defaults(func=cmd_hunt, argv=None)
 
 

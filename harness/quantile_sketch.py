@@ -90,3 +90,12 @@ class Allowance:
                 return True
             self.over = True
             return False
+
+    # a judge's allowance travels with it (a Dask worker judges row blocks, harness.executor):
+    # the lock does not pickle, and a copy needs its own
+    def __getstate__(self) -> dict:
+        return {"cap": self.cap, "used": self.used, "over": self.over}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()

@@ -294,7 +294,7 @@ class _LargeReference:
         if self.exact is None:
             t0 = time.monotonic()
             if getattr(self.plan.executor, "distributed", False):  # --scheduler: row blocks on the cluster
-                self.exact = self.plan.executor.large_loss(self.problem, self.plan.cache)
+                self.exact = self.plan.executor.large_loss(self.problem, self.plan.cache, name=self.name)
             else:
                 self.exact = self.plan.cache.loss(self.problem, workers=self.plan.workers)
             self.log(f"reference: {self.name} loss (blockwise, {self.problem.logits.size:,} logits) "
@@ -317,6 +317,13 @@ class _LargeReference:
 
         from harness import reference
 
+        if getattr(self.plan.executor, "distributed", False):  # --scheduler: the pass in row blocks on the cluster
+            t0 = time.monotonic()
+            exact, nonfinite = self.plan.executor.judge_large(self.problem, judges, name=self.name)
+            self._judged(exact, nonfinite)
+            self.log(f"reference: {self.name} (blockwise, {self.problem.logits.size:,} logits) on the cluster, "
+                     f"judging {len(judges)} gradients there, in {time.monotonic() - t0:.1f} s")
+            return
         blocks = reference.blocks(self.problem, grad=True, workers=self.plan.workers)
         it = iter(blocks)
         t_ref = t_judge = 0.0
@@ -336,12 +343,16 @@ class _LargeReference:
         t0 = time.perf_counter()
         exact = blocks.loss()
         t_ref += time.perf_counter() - t0
+        self._judged(exact, nonfinite)
+        self.log(f"reference: {self.name} (blockwise, {self.problem.logits.size:,} logits) in {t_ref:.1f} s; "
+                 f"judged {len(judges)} gradients in {t_judge:.1f} s")
+
+
+    def _judged(self, exact, nonfinite: bool) -> None:
         if self.exact is None:
             self.exact = exact
         self.grad_nonfinite = nonfinite
         self.plan.cache.store_loss(self.problem, self.exact, nonfinite)
-        self.log(f"reference: {self.name} (blockwise, {self.problem.logits.size:,} logits) in {t_ref:.1f} s; "
-                 f"judged {len(judges)} gradients in {t_judge:.1f} s")
 
 
 @dataclass

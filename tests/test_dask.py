@@ -372,3 +372,157 @@ def _size(name: str) -> int:
 
     [s] = scenarios.select([name], dtypes=["float32"])
     return s.size
+
+
+@dask_only
+@pytest.mark.parametrize("exact_quantiles", [None, 1000])
+def test_a_large_gradient_judged_in_row_blocks_equals_the_local_one(cluster, exact_quantiles):
+    """DaskExecutor.judge_large: the gradient pass in row blocks on the workers, each judging its
+    rows of the held gradients; the cells equal the local blockwise judge's, bit for bit, with
+    exact quantiles and (a small allowance) with the sketch's."""
+    import numpy as np
+
+    from harness import blockwise, reference
+    from harness import budgets as budgets_mod
+    from harness.problem import Problem
+
+    rng = np.random.default_rng(17)
+    N, C = 300, 512
+    x = (rng.standard_normal((N, C)) * 30).astype(np.float32)
+    x[5, 7] = np.float32(80.0)
+    problem = Problem(x, rng.integers(0, C, N), reduction="mean", label_smoothing=0.05)
+    exact = reference.evaluate(problem, workers=1)
+    good = np.asarray(exact.grad_hi).astype(np.float32)
+    bad = good.copy()
+    bad[::7] = np.nextafter(bad[::7], np.float32(np.inf))  # a few ULPs off on some rows ...
+    bad[11, 3] += np.float32(1e-3)                          # ... and one far outside the budget
+    budget = budgets_mod.load(None)[0]["float32"]
+    kw = {} if exact_quantiles is None else {"exact_quantiles": exact_quantiles}
+    judges = [blockwise.GradJudge(problem, y, budget, **kw) for y in (good, bad)]
+    before = cluster.submitted["grads"]
+    loss, nonfinite = cluster.judge_large(problem, judges, block_logits=64 * C)  # 5 tasks of 64 rows
+    assert cluster.submitted["grads"] - before == 5
+    for j, y in zip(judges, (good, bad), strict=True):
+        want = blockwise.judge_grad(problem, y, reference.blocks(problem, grad=True, workers=1), budget, **kw)
+        assert results.dumps(j.result()) == results.dumps(want)
+        assert ("quantiles_approx" in want[2]) == (exact_quantiles is not None)
+    assert judges[0].result()[0] == "pass" and judges[1].result()[0] == "fail"
+    local = reference.blocks(problem, grad=False, workers=1).loss()
+    np.testing.assert_array_equal(loss.loss_hi, local.loss_hi)
+    np.testing.assert_array_equal(loss.loss_lo, local.loss_lo)
+    assert nonfinite is False
+
+
+@dask_only
+@pytest.mark.slow
+def test_large_gradients_are_judged_on_the_cluster_with_the_same_cells(cluster, tmp_path, monkeypatch):
+    """The large-problem path with --scheduler: the gradient pass and its judging in row-block
+    tasks; the same accuracy and gradient cells as a local run (threshold lowered as above)."""
+    from harness import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "BLOCKWISE_LOGITS", 1 << 12)
+    kw = {"kinds": ("accuracy", "gradient"), "scenarios": ["scale-1e-06", "weight-zeros-mean", "smoothing-0.1-none"],
+          "dtypes": ["float32"]}
+    monkeypatch.setenv("XENT_CACHE", str(tmp_path / "local-cache"))
+    here = campaign.run(_request(tmp_path / "local", **kw), log=_quiet).data
+    monkeypatch.setenv("XENT_CACHE", str(tmp_path / "dask-cache"))
+    before = cluster.submitted["grads"]
+    there = campaign.run(_request(tmp_path / "dask", scheduler=cluster, **kw), log=_quiet).data
+    large = [s for s in kw["scenarios"] if cache_mod.is_large(_size(s))]
+    assert large and cluster.submitted["grads"] - before >= len(large)
+    assert _cells(there) == _cells(here) and len(here["cells"]) == 6
+
+
+@dask_only
+@pytest.mark.slow
+def test_a_failing_reference_task_is_one_line_exit_2_and_loses_nothing(cluster, tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from harness import cli
+    from harness.problem import Problem
+
+    def _plant_reference_failure(on: bool) -> None:
+        """On a worker (a local function, which cloudpickle sends by value): make the reference
+        raise (``on``) or restore it, where the tasks look it up at call time (Dask caches the
+        task functions themselves)."""
+        from harness import reference
+
+        if on:
+            saved = (reference.evaluate, reference.blocks)
+
+            def fail(*args, **kwargs):
+                raise MemoryError("planted: the worker ran out of memory")
+
+            reference._saved_for_test = saved
+            reference.evaluate = reference.blocks = fail
+        elif hasattr(reference, "_saved_for_test"):
+            reference.evaluate, reference.blocks = reference._saved_for_test
+            del reference._saved_for_test
+
+    monkeypatch.setenv("XENT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(executor, "open_executor", lambda spec, log=print: executor._Borrowed(cluster))
+    # one problem's reference is cached: its cells need no worker reference
+    assert campaign.run(_request(tmp_path / "first", scenarios=FEW[:1], dtypes=["float32"], scheduler=cluster),
+                        log=_quiet).verdict == "pass"
+    out = tmp_path / "run"
+    argv = ["check", "--impl", "numpy", "--dtype", "float32", "--out", str(out), "--scheduler", "local:2"]
+    argv += [a for s in FEW for a in ("--scenario", s)]
+    cluster.client.run(_plant_reference_failure, True)
+    try:
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in err[0], err
+        assert "failed on a Dask worker: MemoryError: planted" in err[0]
+        assert all(f"{s}/float32" in err[0] for s in FEW[1:]) and "--resume" in err[0]
+        # the large path: the loss in row blocks names its problem too
+        x = np.zeros((8, 4), np.float32)
+        with pytest.raises(executor.TaskError, match="of big/float32 failed on a Dask worker: MemoryError"):
+            cluster.reference_loss(Problem(x, np.zeros(8, np.int64)), name="big/float32", block_logits=8)
+    finally:
+        cluster.client.run(_plant_reference_failure, False)
+    done = _journal_keys(out)
+    assert {k[3] for k in done} == {FEW[0]}  # the cached problem's cells were recorded, none lost
+    data = campaign.run(_request(out, scenarios=FEW, dtypes=["float32"], scheduler=cluster, resume=True,
+                                 force=False), log=_quiet).data
+    assert {c["scenario"] for c in data["cells"]} == set(FEW) and data["summary"]
+    assert all(c["status"] == "pass" for c in data["cells"])
+
+
+_PLANTED_CLI = '''
+import sys
+from harness import cli, executor
+from harness.executor.cluster import DaskExecutor
+
+def plant():  # defined in __main__: cloudpickle sends it by value
+    from harness import reference
+
+    def fail(*args, **kwargs):
+        raise MemoryError("planted: the worker ran out of memory")
+
+    reference.evaluate = fail
+
+ex = DaskExecutor.local(1, log=lambda m: None)
+ex.client.run(plant)
+executor.open_executor = lambda spec, log=print: executor._Borrowed(ex)
+try:
+    code = cli.main(sys.argv[1:])
+finally:
+    ex.close()
+sys.exit(code)
+'''
+
+
+@dask_only
+@pytest.mark.slow
+def test_a_failing_reference_task_prints_one_line_in_all(tmp_path):
+    """The whole process's stderr, the LocalCluster's worker processes included (their logs are
+    silenced below CRITICAL): the harness's one line and nothing else."""
+    argv = ["check", "--impl", "numpy", "--dtype", "float32", "--scenario", FEW[0], "--out", str(tmp_path / "r"),
+            "--scheduler", "local:1"]
+    env = os.environ | {"XENT_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", _PLANTED_CLI, *argv], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env=env)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{FEW[0]}/float32 failed on a Dask worker: MemoryError: planted" in lines[0], out.stderr

@@ -13,7 +13,8 @@ Dask is an optional extra (``pip install 'xent-harness[dask]'``), imported only 
 :func:`open_executor` for a ``--scheduler``: ``import harness`` and the local executor never
 import it.
 
-**The hook for other campaigns** (the worst-case hunt's branches, issue 15):
+**The hook for other campaigns** (the worst-case hunt's branches submit their own tasks,
+:mod:`harness.hunt.distributed`, to name the branch that failed):
 ``Executor.map(fn, items, resources=None)`` applies a picklable top-level function to each item
 on the executor and yields ``(index, result)`` as each one finishes (in order for ``local``, in
 completion order for ``dask``); an exception raised by ``fn`` is re-raised at the client when
@@ -38,6 +39,12 @@ _ADDRESS = re.compile(r"(tcp|tls|ucx|inproc)://\S+")
 
 class ExecutorError(ValueError):
     """Bad ``--scheduler`` (malformed, Dask missing, scheduler unreachable): one line with the fix."""
+
+
+class TaskError(RuntimeError):
+    """A reference task that failed on a Dask worker (or kept killing workers): one line naming
+    the problem and the cause. The campaign stops with it after recording every cell it could
+    (``--resume`` continues); an implementation's failing task is an error cell instead."""
 
 
 def parse(spec: str) -> tuple[str, object]:

@@ -1,7 +1,8 @@
 """The Dask executor: a ``distributed.Client`` on a scheduler (connected, or a LocalCluster it
 started), the tasks it submitted (counted, for the resume tests), placement by worker resources,
 and the distributed work itself: the small sweeps (:mod:`harness.executor.sweep`), one large
-problem's loss split in row blocks (:meth:`DaskExecutor.reference_loss`) and :meth:`map`.
+problem's loss split in row blocks (:meth:`DaskExecutor.reference_loss`), its gradient pass
+judged in row blocks (:meth:`DaskExecutor.judge_large`) and :meth:`map`.
 
 Only pickled arguments and results cross the network: problems, implementation locators (a
 built-in's name, a plugin's ``MODULE:ATTR`` or ``file.py:ATTR``), the Runner options, outputs and
@@ -18,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from harness.executor import INSTALL, ExecutorError
+from harness.executor import INSTALL, ExecutorError, TaskError
 
 #: Seconds to wait for a scheduler (``--scheduler tcp://...``) before giving up.
 CONNECT_TIMEOUT = 10
@@ -35,8 +36,9 @@ def _config() -> dict:
 
 class DaskExecutor:
     """Runs tasks on a Dask cluster; ``submitted`` counts what was sent, by kind: ``reference``
-    (problems), ``cells`` ((implementation, scenario, dtype) items), ``rows`` (row blocks),
-    ``map`` (items of :meth:`map`)."""
+    (problems), ``cells`` ((implementation, scenario, dtype) items), ``rows`` (row blocks of a
+    loss), ``grads`` (row blocks of a gradient pass), ``hunt`` (rows of the hunt's branches,
+    harness.hunt.distributed), ``map`` (items of :meth:`map`)."""
 
     distributed = True
 
@@ -56,7 +58,9 @@ class DaskExecutor:
     @classmethod
     def local(cls, n: int, *, log: Callable[[str], None] = print, resources: dict | None = None) -> DaskExecutor:
         """A LocalCluster of ``n`` single-threaded worker processes on this machine; with a
-        visible GPU each worker has the resource ``GPU=1`` (``resources`` overrides)."""
+        visible GPU each worker has the resource ``GPU=1`` (``resources`` overrides). Its logs
+        are silenced below CRITICAL: a task that fails is reported by the harness in one line
+        (an error cell, or the campaign's error), not by the worker's multi-line log."""
         import dask
         from distributed import Client, LocalCluster
 
@@ -67,7 +71,7 @@ class DaskExecutor:
         t0 = time.monotonic()
         with dask.config.set(_config()):
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   resources=resources or None, silence_logs=logging.ERROR)
+                                   resources=resources or None, silence_logs=logging.CRITICAL)
             client = Client(cluster)
         log(f"dask: LocalCluster of {n} worker processes started in {time.monotonic() - t0:.1f} s "
             f"({cluster.scheduler_address})")
@@ -156,29 +160,73 @@ class DaskExecutor:
 
         sweep.run_small(self, plan, results, pairs, wanted, log, bar)
 
-    def large_loss(self, problem, cache):
+    def large_loss(self, problem, cache, *, name: str = "a large problem"):
         """A large problem's loss for the sweeps: the cache's, else :meth:`reference_loss`,
         written to the cache."""
         hit = cache.load_loss(problem)
         if hit is not None:
             return hit[0]
-        exact = self.reference_loss(problem)
+        exact = self.reference_loss(problem, name=name)
         cache.store_loss(problem, exact)
         return exact
 
-    def reference_loss(self, problem, *, block_logits: int = BLOCK_LOGITS):
+    def gather(self, futures: list, what: str) -> list:
+        """The results of reference tasks, in order; a task that failed on its worker (or kept
+        killing workers) is a :class:`TaskError` naming ``what`` and the cause, and the other
+        tasks are cancelled."""
+        from distributed import KilledWorker
+
+        from harness.runner import one_line
+
+        try:
+            return self.client.gather(futures)
+        except KilledWorker as exc:
+            raise TaskError(f"the reference of {what} killed the Dask workers that ran it ({one_line(exc)})") from None
+        except Exception as exc:  # whatever the worker raised, in one line
+            raise TaskError(f"the reference of {what} failed on a Dask worker: {one_line(exc)}") from None
+        finally:
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+
+    def _spans(self, problem, block_logits: int) -> list[tuple[int, int]]:
+        M = problem.num_samples if problem.logits.ndim > 1 else 1
+        per = max(1, block_logits // max(problem.num_classes, 1))
+        return [(a, min(M, a + per)) for a in range(0, M, per)] or [(0, 0)]
+
+    def judge_large(self, problem, judges: list, *, name: str = "a large problem",
+                    block_logits: int = BLOCK_LOGITS):
+        """One pass of a large problem's reference with its gradient, its rows split in blocks
+        over the workers, judging the held implementation gradients there: ``judges`` are
+        :class:`harness.blockwise.GradJudge` s, which take the workers' accumulators in row order
+        (the same cells as feeding them the blocks here, every accumulator merging exactly).
+        The problem, each gradient and the per-row scale go to the cluster once (scattered);
+        only accumulators and per-row losses come back. Returns (the loss, whether the reference
+        gradient has inf/NaN)."""
+        from harness.executor import tasks
+
+        [shared] = self.client.scatter([problem], hash=False)
+        ys = self.client.scatter([j.y for j in judges], hash=False) if judges else []
+        [scale] = self.client.scatter([judges[0].row_scale], hash=False) if judges else [None]
+        options = [{"budget": j.budget, "exact_quantiles": j.exact_quantiles} for j in judges]
+        futures = [self.submit("grads", 1, tasks.grad_blocks, shared, ys, options, scale, a, b)
+                   for a, b in self._spans(problem, block_logits)]
+        parts = self.gather(futures, name)
+        del futures, shared, ys, scale
+        for k, j in enumerate(judges):
+            j.take([p[1][k] for p in parts])
+        return tasks.reduce_losses(problem, [p[0] for p in parts]), any(p[2] for p in parts)
+
+    def reference_loss(self, problem, *, block_logits: int = BLOCK_LOGITS, name: str = "a large problem"):
         """The loss of one (large) problem as :meth:`harness.reference.Blocks.loss` computes it,
         its rows split in blocks over the workers: the problem goes to the cluster once
         (scattered), each task evaluates its rows' losses, and the client reduces them in row
         order (the reduction is exact, so the blocking does not change the result)."""
         from harness.executor import tasks
 
-        M = problem.num_samples if problem.logits.ndim > 1 else 1
-        per = max(1, block_logits // max(problem.num_classes, 1))
-        spans = [(a, min(M, a + per)) for a in range(0, M, per)] or [(0, 0)]
         [shared] = self.client.scatter([problem], hash=False)
-        futures = [self.submit("rows", 1, tasks.row_losses, shared, a, b) for a, b in spans]
-        parts = self.client.gather(futures)
+        futures = [self.submit("rows", 1, tasks.row_losses, shared, a, b) for a, b in self._spans(problem, block_logits)]
+        parts = self.gather(futures, name)
         del futures, shared
         return tasks.reduce_losses(problem, parts)
 

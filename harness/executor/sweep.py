@@ -14,6 +14,10 @@
    continues from them. A task whose worker died is retried on another by Dask; one that kept
    killing workers (``KilledWorker``: a non-isolated implementation that crashes its process)
    or failed on the worker (its implementation could not be loaded there) gives error cells.
+4. A *reference* task that failed on its worker (or kept killing workers) has no cell to become:
+   the other tasks are still waited for and everything they make possible is recorded, then
+   :class:`~harness.executor.TaskError` names the task's problems and the cause in one line
+   (the CLI's exit code 2; ``--resume`` continues without recomputing the rest).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import time
 
 from harness import sweeps
-from harness.executor import tasks
+from harness.executor import TaskError, tasks
 from harness.executor.cluster import task_batches
 from harness.runner import isolated, one_line
 
@@ -97,11 +101,23 @@ def run_small(ex, plan, results, pairs, wanted, log, bar) -> None:
             for entry, computed in pending.pop(k):
                 record(k, entry, computed)
     n_ref = 0
+    failed: list = []  # (problem keys, message) of reference tasks that failed on their worker
     try:
         for fut in ex.as_completed(list(futures)):
             tag, payload = futures.pop(fut)
             if tag == "ref":
-                for k, exact in zip(payload, fut.result(), strict=True):
+                try:
+                    got = fut.result()
+                except KilledWorker as exc:
+                    failed.append((payload, f"killed the Dask workers that ran it ({one_line(exc)})"))
+                    got = None
+                except Exception as exc:  # whatever the worker raised, in one line
+                    failed.append((payload, f"failed on a Dask worker: {one_line(exc)}"))
+                    got = None
+                if got is None:
+                    fut.release()
+                    continue
+                for k, exact in zip(payload, got, strict=True):
                     exacts[k] = exact
                     plan.cache.store(problems[k], exact)
                     n_ref += 1
@@ -126,6 +142,12 @@ def run_small(ex, plan, results, pairs, wanted, log, bar) -> None:
     finally:
         for fut in futures:  # interrupted: what was not finished is not wanted any more
             fut.cancel()
+    if failed:
+        keys = [k for batch, _ in failed for k in batch]
+        names = ", ".join(f"{s}/{d}" for s, d in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        causes = {m for _, m in failed}
+        raise TaskError(f"the reference of {names} {failed[0][1]}"
+                        + (f" ({len(causes) - 1} other causes)" if len(causes) > 1 else ""))
     if misses:
         log(f"reference: {n_ref} problems computed on the cluster; {len(problems)} problems judged in "
             f"{time.monotonic() - t0:.1f} s")

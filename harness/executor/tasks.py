@@ -6,7 +6,9 @@ reference, so the workers need the same xent-harness; no code travels).
   :class:`harness.runner.Runner` with the same isolation as a local run (a raising, hanging or
   crashing plugin becomes an error in its result, its child dies, the worker goes on);
 * :func:`row_losses` / :func:`reduce_losses` — one large problem's per-row losses in blocks,
-  and their exact reduction on the client.
+  and their exact reduction on the client;
+* :func:`grad_blocks` — one large problem's reference gradient in blocks, judging the held
+  implementation gradients there (the blockwise gradient cells, merged on the client).
 """
 
 from __future__ import annotations
@@ -119,6 +121,38 @@ def row_losses(problem, start: int, stop: int):
         losses.extend(b.losses)
         bits, unresolved = max(bits, b.bits), unresolved + b.unresolved
     return losses, bits, unresolved
+
+
+def grad_blocks(problem, ys: list, options: list, row_scale, start: int, stop: int):
+    """Rows ``start:stop`` of a large problem's reference with its gradient, judging there the
+    same rows of each implementation gradient in ``ys`` (``options``: its budget and exact-quantile
+    allowance; ``row_scale``: the problem's per-row gradient scale, computed once on the
+    client): the :func:`row_losses` triple, the judges (:class:`harness.blockwise.Judge`, merged
+    on the client by ``GradJudge.take``) and whether the reference gradient has inf/NaN there.
+    Only the judges' accumulators go back, never a gradient."""
+    import numpy as np
+
+    from harness import blockwise
+    from harness import reference as ref
+    from harness.reference.arithmetic import START_BITS
+    from harness.reference.row_blocks import GradBlock
+
+    judges = [blockwise.GradJudge(problem, y, o["budget"], row_scale=row_scale, exact_quantiles=o["exact_quantiles"],
+                                  threads=1) for y, o in zip(ys, options, strict=True)]
+    losses, bits, unresolved, nonfinite = [], START_BITS, 0, False
+    if problem.num_classes:  # C = 0: no rows to judge, Blocks.loss answers without them
+        ev = ref.blocks(problem, grad=True, workers=1)
+        per = ev.slices[0].stop - ev.slices[0].start or 1  # the reference's own cache-sized blocks
+        for a in range(start, stop, per):
+            rows = slice(a, min(stop, a + per))
+            b = ev._block(rows, ev.su, START_BITS)
+            losses.extend(b.losses)
+            bits, unresolved = max(bits, b.bits), unresolved + b.unresolved
+            block = GradBlock(rows, b.g_hi, b.g_lo, b.g_bound)
+            nonfinite = nonfinite or not bool(np.isfinite(block.hi).all())
+            for j in judges:
+                j.add(block)
+    return (losses, bits, unresolved), [j.judge for j in judges], nonfinite
 
 
 def reduce_losses(problem, parts: list):

@@ -8,13 +8,15 @@ exact reference and keeps the worst; then the same number of rows drawn uniforml
 baseline) shows what the strategies buy. :mod:`harness.hunt.output` confirms every top row as
 a sweep cell (:class:`harness.fuzz.Judge`), saves it as a golden-format case that ``check
 --cases DIR`` and the pytest plugin replay, and writes ``hunt.json`` and ``hunt.html``.
+With ``--scheduler`` the searches run as branches on a Dask cluster
+(:mod:`harness.hunt.distributed`, docs/dask.md); everything else stays here.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from harness.hunt.search import OBJECTIVES, HuntError, Journal
@@ -40,10 +42,18 @@ class Request:
     against: str | None = None
     catalogue: bool = True
     budgets: str | None = None
+    #: ``--scheduler``: a Dask cluster's branches search (harness.hunt.distributed); None: here
+    scheduler: object = None
 
     def header(self) -> dict:
         """What a journal must have been written by, for --resume."""
-        return {k: v for k, v in asdict(self).items() if k in ("impl", "dtypes", "quantities", "seed", "strategies", "objective")}
+        return {k: getattr(self, k) for k in ("impl", "dtypes", "quantities", "seed", "strategies", "objective")}
+
+    def record(self) -> dict:
+        """The request as hunt.json holds it (an executor object given as ``scheduler`` by name)."""
+        d = asdict(replace(self, scheduler=None))
+        d["scheduler"] = self.scheduler if self.scheduler is None or isinstance(self.scheduler, str) else "executor"
+        return d
 
 
 def _check(req: Request, entry) -> None:
@@ -76,6 +86,25 @@ def _check(req: Request, entry) -> None:
         raise HuntError(f"--objective: {req.objective!r}; use {', '.join(OBJECTIVES)}")
     if req.against and not Path(req.against).is_file():
         raise HuntError(f"--against: {req.against} is not a file; name a results.json")
+    from harness import executor
+
+    try:
+        executor.check(req.scheduler)
+    except executor.ExecutorError as exc:
+        raise HuntError(str(exc)) from None
+
+
+def _open(req: Request, log):
+    """The Dask executor of ``--scheduler`` (None without one): a one-line HuntError when it
+    cannot be had."""
+    if req.scheduler is None or req.scheduler == "":
+        return None
+    from harness import executor
+
+    try:
+        return executor.open_executor(req.scheduler, log=log)
+    except executor.ExecutorError as exc:
+        raise HuntError(str(exc)) from None
 
 
 def _out_dir(req: Request) -> Path:
@@ -110,13 +139,28 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress: Callable 
         raise HuntError(f"--out: {out} is not a directory")
     if (out / "journal.jsonl").exists() and not req.resume:
         raise HuntError(f"--out: {out} already holds a hunt; add --resume to continue it or choose another directory")
-    journal = Journal(out / "journal.jsonl", req.header(), req.resume)
     table = budgets_mod.load(req.budgets)[0]
+    ex = _open(req, log)
+    try:
+        header = req.header()
+        if ex is not None:  # another cluster size is another search: --resume must refuse it
+            header["branches"] = ex.n_workers()
+        journal = Journal(out / "journal.jsonl", header, req.resume)
+    except BaseException:
+        if ex is not None:
+            ex.close()
+        raise
     smoothing = "label_smoothing" in entry.impl.features
     pairs = [(d, q) for d in req.dtypes for q in req.quantities]
     share = None if req.seconds is None else req.seconds / len(pairs)
     runner = Runner(entry, isolate=isolated(entry, None), timeout=60.0)
-    data = {"schema": "xent-harness/hunt", "schema_version": 1, "impl": entry.name, "request": asdict(req),
+    if ex is not None:
+        from harness.executor import tasks
+        from harness.hunt import distributed
+
+        spec = tasks.entry_spec(entry, isolated(entry, None))
+        described = ex.describe()
+    data = {"schema": "xent-harness/hunt", "schema_version": 1, "impl": entry.name, "request": req.record(),
             "out": str(out), "pairs": []}
     try:
         for i, (d, q) in enumerate(pairs):
@@ -126,23 +170,41 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress: Callable 
             pair = f"{d}/{q}"
             t0 = time.monotonic()
             bar = progress(pair, req.evaluations) if progress else None
-            res = search(ev, space, strategies=req.strategies, seed=req.seed * 1009 + i, objective=req.objective,
-                         evaluations=req.evaluations, deadline=None if share is None else t0 + share, journal=journal,
-                         pair=pair, phase="hunt", top=req.top, progress=bar)
+            if ex is not None:  # the branches on the cluster; the rest (cases, hunt.json) as a local hunt
+                res, ev = distributed.search(ex, spec, d, q, table[d], space, strategies=req.strategies,
+                                             seed=req.seed * 1009 + i, objective=req.objective,
+                                             evaluations=req.evaluations, deadline=None if share is None else t0 + share,
+                                             journal=journal, pair=pair, phase="hunt", top=req.top, progress=bar)
+            else:
+                res = search(ev, space, strategies=req.strategies, seed=req.seed * 1009 + i, objective=req.objective,
+                             evaluations=req.evaluations, deadline=None if share is None else t0 + share, journal=journal,
+                             pair=pair, phase="hunt", top=req.top, progress=bar)
             if bar:
                 bar(None, None)
             base = None
-            if req.baseline:
+            if req.baseline and ex is not None:
+                base, bev = distributed.search(ex, spec, d, q, table[d], space, strategies=["uniform"],
+                                               seed=req.seed * 1009 + i + 7919, objective=req.objective,
+                                               evaluations=res["evaluations"], deadline=None, journal=journal,
+                                               pair=pair, phase="baseline", top=1)
+                base["evaluated"] = bev.evaluations
+            elif req.baseline:
                 bev = Evaluator(runner, fmt, q, table[d])
                 base = search(bev, space, strategies=["uniform"], seed=req.seed * 1009 + i + 7919, objective=req.objective,
                               evaluations=res["evaluations"], deadline=None, journal=journal, pair=pair, phase="baseline",
                               top=1)
                 base["evaluated"] = bev.evaluations
             log(f"hunt {entry.name} {pair}: {res['evaluations']} rows ({ev.evaluations} evaluated, {res['replayed']} from "
-                f"the journal) in {res['seconds']:.1f} s; worst {req.objective} {res['worst']:.4g}"
+                f"the journal) in {res['seconds']:.1f} s"
+                + (f" on {res['branches']} branches" if ex is not None else "") + f"; worst {req.objective} {res['worst']:.4g}"
                 + (f"; uniform baseline {base['worst']:.4g}" if base else ""))
             data["pairs"].append(output.pair_record(entry, d, q, res, base, ev, req))
     finally:
         runner.close()
+        if ex is not None:
+            distributed.finish(ex)
+            ex.close()
+    if ex is not None:
+        data["executor"] = described
     output.finish(data, entry, req, out, table, log=log)
     return data
