@@ -351,27 +351,28 @@ def test_large_problems_take_their_loss_from_row_blocks_on_the_cluster(cluster, 
     """The large-problem path (blockwise, on the client) with its loss reference in row-block
     tasks: the same accuracy cells as a local run. The threshold is lowered so that a few small
     scenarios take that path (the real ones are 65 M logits and more)."""
+    _large_path_local_and_on_the_cluster(cluster, tmp_path, monkeypatch, ("accuracy",), "rows")
+
+
+def _large_path_local_and_on_the_cluster(cluster, tmp_path, monkeypatch, kinds, counter):
+    """Three small scenarios through the large-problem path (the threshold lowered; the real
+    ones are 65 M logits and more), locally and with the cluster: the same cells, and the
+    cluster got at least one ``counter`` task per large problem."""
     from harness import cache as cache_mod
+    from harness import scenarios
 
     monkeypatch.setattr(cache_mod, "BLOCKWISE_LOGITS", 1 << 12)
-    kw = {"kinds": ("accuracy",), "scenarios": ["scale-1e-06", "weight-zeros-mean", "smoothing-0.1-none"],
+    kw = {"kinds": kinds, "scenarios": ["scale-1e-06", "weight-zeros-mean", "smoothing-0.1-none"],
           "dtypes": ["float32"]}
     monkeypatch.setenv("XENT_CACHE", str(tmp_path / "local-cache"))
     here = campaign.run(_request(tmp_path / "local", **kw), log=_quiet).data
     monkeypatch.setenv("XENT_CACHE", str(tmp_path / "dask-cache"))
-    before = cluster.submitted["rows"]
+    before = cluster.submitted[counter]
     there = campaign.run(_request(tmp_path / "dask", scheduler=cluster, **kw), log=_quiet).data
-    large = [s for s in kw["scenarios"] if cache_mod.is_large(_size(s))]
+    large = [s for s in scenarios.select(kw["scenarios"], dtypes=["float32"]) if cache_mod.is_large(s.size)]
     assert large, "no scenario took the large path: lower the threshold"
-    assert cluster.submitted["rows"] - before >= len(large)
-    assert _cells(there) == _cells(here) and len(here["cells"]) == 3
-
-
-def _size(name: str) -> int:
-    from harness import scenarios
-
-    [s] = scenarios.select([name], dtypes=["float32"])
-    return s.size
+    assert cluster.submitted[counter] - before >= len(large)
+    assert _cells(there) == _cells(here) and len(here["cells"]) == 3 * len(kinds)
 
 
 @dask_only
@@ -418,19 +419,7 @@ def test_a_large_gradient_judged_in_row_blocks_equals_the_local_one(cluster, exa
 def test_large_gradients_are_judged_on_the_cluster_with_the_same_cells(cluster, tmp_path, monkeypatch):
     """The large-problem path with --scheduler: the gradient pass and its judging in row-block
     tasks; the same accuracy and gradient cells as a local run (threshold lowered as above)."""
-    from harness import cache as cache_mod
-
-    monkeypatch.setattr(cache_mod, "BLOCKWISE_LOGITS", 1 << 12)
-    kw = {"kinds": ("accuracy", "gradient"), "scenarios": ["scale-1e-06", "weight-zeros-mean", "smoothing-0.1-none"],
-          "dtypes": ["float32"]}
-    monkeypatch.setenv("XENT_CACHE", str(tmp_path / "local-cache"))
-    here = campaign.run(_request(tmp_path / "local", **kw), log=_quiet).data
-    monkeypatch.setenv("XENT_CACHE", str(tmp_path / "dask-cache"))
-    before = cluster.submitted["grads"]
-    there = campaign.run(_request(tmp_path / "dask", scheduler=cluster, **kw), log=_quiet).data
-    large = [s for s in kw["scenarios"] if cache_mod.is_large(_size(s))]
-    assert large and cluster.submitted["grads"] - before >= len(large)
-    assert _cells(there) == _cells(here) and len(here["cells"]) == 6
+    _large_path_local_and_on_the_cluster(cluster, tmp_path, monkeypatch, ("accuracy", "gradient"), "grads")
 
 
 @dask_only
