@@ -20,7 +20,10 @@ tiny losses and gradient entries keep their digits: logits [20, 0] in float32 gi
       sum_c w_c (-log p_c) = W log1p(T) - sum_c w_c (x_c - m)   (label smoothing),
       sum_c b_c (-log p_c) = B log1p(T) - sum_c b_c (x_c - m)   (probability targets),
 
-  with b = w ((1 - eps) t + eps / C), B = sum_c b_c, W = sum_c w_c. The shift itself is exact:
+  with b = w ((1 - eps) t + eps / C), B = sum_c b_c, W = sum_c w_c; x_c - m and these dot
+  products are taken in the compute dtype, and rows where they overflow float32 (logits
+  spanning more than its max, found by the hunt) are redone in float64 (rows.exact_dots;
+  float64 rows spanning +-1e308 still give inf). The shift itself is exact:
   where 0 <= m <= log(max) - log C - 1, e^{x_j} is taken unshifted (no overflow, no more
   underflow than e^{x_j - m}) and exp(-m) is applied to the row sums in float64; elsewhere
   x_j - m is formed exactly (in float64 for float32 and 16-bit inputs, with a TwoSum correction
@@ -35,7 +38,10 @@ tiny losses and gradient entries keep their digits: logits [20, 0] in float32 gi
   or 2^-24) on ordinary rows; float32 rows with a dominant logit (e^20 among terms near 1, a
   language model's confident rows) reach 8.6 u in their small gradient entries, where two
   float32 exponentials of NumPy's SIMD exp (each up to 2.4 u) and the row sum compound
-  (tests/test_impl_numpy.py::test_long_confident_rows_float32).
+  (tests/test_impl_numpy.py::test_long_confident_rows_float32). Not kept: float32 rows on the
+  max shift (label smoothing) whose terms e^{x_j - m} are float32 subnormals (the target ~100
+  above the rest): a loss ~4e-41 came out 9 ULP off in a constructed row and 1873 ULP in one
+  the hunt found (still 2e-38 of the scaled budget; tests/test_impl_numpy_hunt.py).
 
 Speed (the timed callable from :meth:`NumpyStable.prepare`; rows, tiling and scratch are set
 up there):

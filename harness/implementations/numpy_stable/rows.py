@@ -106,7 +106,7 @@ def exact_dots(plan: Plan, st: RunState, lo: int, hi: int) -> None:
     it is ~1e-202). A float64 d and sum cannot overflow here (|d| <= 2 * 3.4e38, C * |d| <<
     1.8e308) and are at least as accurate. Only rows with a finite max are redone: a -inf
     logit (d = -inf exactly) keeps its IEEE result, as the reference's. Rare, so unblocked."""
-    if plan.dtype == F64:  # float64 logits: float64 is already the widest format here
+    if plan.dtype == F64:  # float64 logits spanning +-1e308 overflow alike: not handled (open)
         return
     row = st.row
     bad = ~np.isfinite(row.dots[lo:hi]) & np.isfinite(row.max[lo:hi])
@@ -115,9 +115,11 @@ def exact_dots(plan: Plan, st: RunState, lo: int, hi: int) -> None:
     idx = lo + np.nonzero(bad)[0]
     d = plan.logits[idx].astype(F64) - row.max[idx][:, None]
     if plan.probability_targets:
-        b = plan.targets[idx].astype(plan.dtype)  # the coefficients as kernels.target_coefficients
+        # b as kernels.target_coefficients forms it, in the compute dtype
+        b = plan.targets[idx].astype(plan.dtype)
         if plan.smoothing > 0:
-            b = b * plan.dtype.type(1.0 - plan.smoothing) + plan.dtype.type(plan.smoothing / plan.classes)
+            f, eps = plan.dtype.type, plan.smoothing
+            b = b * f(1.0 - eps) + f(eps / plan.classes)
         if plan.weight is not None:
             b = b * plan.weight
         d = d * b.astype(F64)
