@@ -57,6 +57,9 @@ class Request:
     known: str | None = None
     isolate: bool | None = None
     timeout: float = 60.0
+    #: How many failing cells the diagnosis step may take, and for how long (None: its defaults,
+    #: harness.diagnosis.CELLS and SECONDS; the zoo takes more).
+    diagnose: tuple[int, float] | None = None
     gate: bool = False
     #: The contract profile cells are judged by (harness.contracts, docs/contracts.md).
     contract: str = "pytorch"
@@ -274,8 +277,9 @@ def run(req: Request, *, log: Callable[[str], None] = print, progress=None) -> O
     if sweep_kinds and loaded:  # say what went wrong in the failing cells, and write their reproducers
         from harness import diagnosis
 
+        cells, seconds = req.diagnose or (None, None)
         diagnosis.run(res, loaded, picked, budget_table, isolate=req.isolate, timeout=req.timeout, log=log,
-                      workers=workers)
+                      workers=workers, cells=cells, seconds=seconds)
     res.data["known_failures"], res.data["known_failures_source"] = known, known_source
     rows = implementation_rows(chosen, skipped, res.cells, res.rows)
     res.data["implementations"] = rows

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -947,6 +948,19 @@ def outputs(entry, problem: Problem, ops: list[str], *, isolate: bool | None = N
             runner.close()
 
 
+def spread(cells: list[dict], canary: Callable[[str], bool]) -> list[dict]:
+    """The order failing cells are diagnosed in under a bounded budget: real implementations
+    before canaries; within them the first cell of each (implementation, kind, dtype) before the
+    second of any, so the budget reaches every kind of finding; the sweeps' order otherwise."""
+    rank: Counter = Counter()
+    key = {}
+    for c in cells:
+        group = (c["impl"], c["kind"], c["dtype"])
+        key[id(c)] = (canary(c["impl"]), rank[group])
+        rank[group] += 1
+    return sorted(cells, key=lambda c: key[id(c)])
+
+
 def run(res, entries, scenarios, budgets: dict, *, isolate: bool | None = None, timeout: float = 60.0,
         log: Callable[[str], None] = print, cells: int | None = None, seconds: float | None = None,
         cache=None, workers: int | None = None, repro_dir: Path | None = None) -> int:
@@ -971,7 +985,7 @@ def run(res, entries, scenarios, budgets: dict, *, isolate: bool | None = None, 
             and by_scen[c["scenario"]].size <= MAX_LOGITS]
     if not todo:
         return 0
-    todo.sort(key=lambda c: bool(by_name[c["impl"]].impl.canary))  # stable: the sweeps' order otherwise
+    todo = spread(todo, lambda name: bool(by_name[name].impl.canary))
     chosen = todo[:cells]
     groups: dict[tuple, list[dict]] = {}
     for c in chosen:

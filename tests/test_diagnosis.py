@@ -336,6 +336,14 @@ def test_the_campaign_diagnoses_failing_cells_and_the_report_shows_it(tmp_path):
     assert "— matches: mean divided by N" in md
 
 
+def test_a_bounded_budget_reaches_every_kind_of_finding_first():
+    cells = [{"impl": i, "kind": k, "dtype": d, "scenario": n} for i, k, d, n in (
+        ("naive", "accuracy", "float32", "a"), ("lib", "accuracy", "float32", "b"), ("lib", "accuracy", "float32", "c"),
+        ("lib", "accuracy", "float32", "d"), ("lib", "gradient", "float32", "e"), ("lib", "accuracy", "float16", "f"))]
+    order = [c["scenario"] for c in diagnosis.spread(cells, lambda name: name == "naive")]
+    assert order == ["b", "e", "f", "c", "d", "a"]
+
+
 def test_the_campaign_step_is_bounded(tmp_path):
     from harness import results
 

@@ -339,6 +339,20 @@ def test_zoo_on_a_tiny_scenario_set_writes_the_table(tmp_path, monkeypatch, caps
     assert again.read_text() == text
 
 
+def test_each_finding_line_gives_its_diagnosis_unless_known():
+    from harness.zoo import table
+
+    def cell(scen, text=None, known=False, dtype="float32"):
+        return {"impl": "lib", "status": "fail", "kind": "accuracy", "dtype": dtype, "scenario": scen,
+                "message": "m", **({"known": "reason"} if known else {}),
+                **({"diagnosis": {"text": text}} if text else {})}
+
+    lines = table._findings([cell("a"), cell("b", "matches: mean over N | not the weights"),
+                             cell("c", "matches: sum in float16", known=True, dtype="float16")], "lib")
+    assert lines[0].endswith("— **diagnosis** (`b`): matches: mean over N \\| not the weights"), lines
+    assert "diagnosis" not in lines[1], lines  # known: pyproject.toml has its reason
+
+
 def test_the_quick_zoo_adds_the_convention_scenarios():
     from harness import scenarios
     from harness.zoo import table

@@ -31,6 +31,9 @@ from harness import zoo
 QUICK_EXTRA = ("masked-next", "masked-most", "prob-raw-sum")
 #: Finding lines (status × kind × dtype) shown per implementation (the results have every cell).
 FINDINGS_SHOWN = 8
+#: The zoo's diagnosis budget (cells, seconds): enough for the first cell of every (library,
+#: kind, dtype) finding on the quick scenarios (~40 groups; a run's default is 32 cells, 60 s).
+DIAGNOSE = (160, 300.0)
 DEFAULT_DOC = Path("docs") / "zoo.md"
 #: What a zoo run keeps beside its results for the page: the command, the unavailable
 #: adapters and each implementation's library version at the time of the run.
@@ -91,7 +94,7 @@ def run(*, quick: bool = False, dtypes: list[str] | None = None, patterns: list[
         log(f"skip {row['name']}: {row['reason']}")
     req = campaign.Request(kinds=campaign.CHECK, impls=impls, dtypes=dtypes,
                            scenarios=scenario_names(quick, patterns), quick=False, out=out, force=force,
-                           workers=workers, timeout=timeout, argv=argv)
+                           workers=workers, timeout=timeout, argv=argv, diagnose=DIAGNOSE)
     done = campaign.run(req, log=log, progress=progress)
     if done.interrupted or doc is None:
         return done, None
@@ -178,7 +181,14 @@ def _findings(cells: list[dict], name: str) -> list[str]:
         known = sum(1 for c in group if c.get("known"))
         tag = f" *({known} known: pyproject.toml)*" if known else ""
         noun = "scenario" if len(scen) == 1 else "scenarios"
-        lines.append(f"{status} {kind} {dtype}: {len(scen)} {noun} ({shown}){tag}; e.g. `{first['scenario']}`: {message}")
+        line = f"{status} {kind} {dtype}: {len(scen)} {noun} ({shown}){tag}; e.g. `{first['scenario']}`: {message}"
+        # the diagnosis of the group's first diagnosed cell that is not a known failure (those
+        # have their reason in pyproject.toml already)
+        diagnosed = [c for c in group if not c.get("known") and (c.get("diagnosis") or {}).get("text")]
+        if diagnosed:
+            d = diagnosed[0]
+            line += f" — **diagnosis** (`{d['scenario']}`): {d['diagnosis']['text'].replace('|', chr(92) + '|')}"
+        lines.append(line)
     return lines
 
 
