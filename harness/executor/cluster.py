@@ -34,6 +34,18 @@ def _config() -> dict:
     return {"distributed.worker.daemon": False}
 
 
+def failure(exc: BaseException) -> str:
+    """Why a task failed on the cluster, as the end of a sentence naming the task: it kept
+    killing the workers that ran it (``KilledWorker``), or whatever it raised there, in one line."""
+    from distributed import KilledWorker
+
+    from harness.runner import one_line
+
+    if isinstance(exc, KilledWorker):
+        return f"killed the Dask workers that ran it ({one_line(exc)})"
+    return f"failed on a Dask worker: {one_line(exc)}"
+
+
 class DaskExecutor:
     """Runs tasks on a Dask cluster; ``submitted`` counts what was sent, by kind: ``reference``
     (problems), ``cells`` ((implementation, scenario, dtype) items), ``rows`` (row blocks of a
@@ -174,16 +186,10 @@ class DaskExecutor:
         """The results of reference tasks, in order; a task that failed on its worker (or kept
         killing workers) is a :class:`TaskError` naming ``what`` and the cause, and the other
         tasks are cancelled."""
-        from distributed import KilledWorker
-
-        from harness.runner import one_line
-
         try:
             return self.client.gather(futures)
-        except KilledWorker as exc:
-            raise TaskError(f"the reference of {what} killed the Dask workers that ran it ({one_line(exc)})") from None
-        except Exception as exc:  # whatever the worker raised, in one line
-            raise TaskError(f"the reference of {what} failed on a Dask worker: {one_line(exc)}") from None
+        except Exception as exc:
+            raise TaskError(f"the reference of {what} {failure(exc)}") from None
         finally:
             for f in futures:
                 if not f.done():

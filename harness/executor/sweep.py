@@ -26,8 +26,8 @@ import time
 
 from harness import sweeps
 from harness.executor import TaskError, tasks
-from harness.executor.cluster import task_batches
-from harness.runner import isolated, one_line
+from harness.executor.cluster import failure, task_batches
+from harness.runner import isolated
 
 
 def needs_device(entry) -> bool:
@@ -37,13 +37,11 @@ def needs_device(entry) -> bool:
 
 def _failed_task(need, message: str):
     """What ``_compute`` would have returned had every call failed with ``message``."""
-    failure = sweeps._Failure(message)
-    return need, None, {}, {"loss": failure, "grad": failure}, {}, None
+    failed = sweeps._Failure(message)
+    return need, None, {}, {"loss": failed, "grad": failed}, {}, None
 
 
 def run_small(ex, plan, results, pairs, wanted, log, bar) -> None:
-    from distributed import KilledWorker
-
     t0 = time.monotonic()
     problems = {(s.name, d): s.problem(d) for s, d in pairs}
     by_name = {s.name: s for s, _ in pairs}
@@ -108,11 +106,8 @@ def run_small(ex, plan, results, pairs, wanted, log, bar) -> None:
             if tag == "ref":
                 try:
                     got = fut.result()
-                except KilledWorker as exc:
-                    failed.append((payload, f"killed the Dask workers that ran it ({one_line(exc)})"))
-                    got = None
-                except Exception as exc:  # whatever the worker raised, in one line
-                    failed.append((payload, f"failed on a Dask worker: {one_line(exc)}"))
+                except Exception as exc:
+                    failed.append((payload, failure(exc)))
                     got = None
                 if got is None:
                     fut.release()
@@ -128,11 +123,8 @@ def run_small(ex, plan, results, pairs, wanted, log, bar) -> None:
             entry, batch = payload
             try:
                 got = fut.result()
-            except KilledWorker as exc:
-                got = [_failed_task(need, f"killed the Dask workers that ran it ({one_line(exc)})")
-                       for _, need in batch]
-            except Exception as exc:  # the task failed on the worker (e.g. its library is missing there)
-                got = [_failed_task(need, f"on a Dask worker: {one_line(exc)}") for _, need in batch]
+            except Exception as exc:  # e.g. a crash that kept killing workers, its library missing there
+                got = [_failed_task(need, failure(exc)) for _, need in batch]
             fut.release()
             for (k, _), computed in zip(batch, got, strict=True):
                 if k in exacts:

@@ -112,9 +112,7 @@ def search(ex, spec: dict, dtype: str, quantity: str, budget: dict, space, *, st
            timeout: float = 60.0, progress: Callable | None = None) -> tuple[dict, Stats]:
     """:func:`harness.hunt.search.search` over ``ex.n_workers()`` branches on a Dask executor:
     the same result dict (plus ``branches``) and the evaluation counts."""
-    from distributed import KilledWorker
-
-    from harness.runner import one_line
+    from harness.executor.cluster import failure
 
     B = ex.n_workers()
     per = max(1, math.ceil(ROUND / B))
@@ -159,11 +157,8 @@ def search(ex, spec: dict, dtype: str, quantity: str, budget: dict, space, *, st
                 br, known, cand_json = futures[fut]
                 try:
                     fresh[br.index] = fut.result()
-                except KilledWorker as exc:
-                    raise HuntError(f"hunt {pair}: branch {br.index} killed the Dask workers that ran it "
-                                    f"({one_line(exc)})") from None
                 except Exception as exc:
-                    raise HuntError(f"hunt {pair}: branch {br.index} failed on a Dask worker: {one_line(exc)}") from None
+                    raise HuntError(f"hunt {pair}: branch {br.index} {failure(exc)}") from None
                 fut.release()
         finally:
             for fut in futures:  # a failure or an interrupt: the other branches' rounds are not wanted
